@@ -1,0 +1,1 @@
+"""Benchmarks (``vla-bench``): each prints a table, writes ``--json`` and updates the docs."""
