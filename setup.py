@@ -22,7 +22,6 @@ setup(
     maintainer_email="vla-ros@example.org",
     description="OpenVLA-OFT policies on ROS 2 robots (ALOHA first).",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             # ROS nodes (started by aloha.launch.py and vla-bringup)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment (.venv):
+#   1. pinned requirements (torch CPU, ROS 2 Jazzy wheels, ML stack, simulator, test tools);
+#   2. vla_msgs (and, where no Interbotix stack exists, a stand-in interbotix_xs_msgs with its two
+#      command messages) built with ament_cmake/rosidl and installed into the venv;
+#   3. this package installed editable, so console scripts (vla-demo, vla-bench, ...) exist.
+# Idempotent: each step is skipped when its inputs did not change, so a second run takes seconds.
+#
+# Environment: VLA_VENV (default: <repo>/.venv), PYTHON (default: python3, must be >= 3.10).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${VLA_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+BUILD=$ROOT/build/bootstrap
+say() { printf '[bootstrap] %s\n' "$*"; }
+
+"$PYTHON" - <<'PY' || { echo "[bootstrap] Python >= 3.10 is required (PYTHON=$PYTHON)" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+VPY=$VENV/bin/python
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# 1. requirements
+req_hash=$(hash_of "$ROOT/requirements.txt")
+if [ "$(cat "$VENV/.vla-requirements" 2>/dev/null)" != "$req_hash" ]; then
+  say "installing pinned requirements (first time: a few minutes)"
+  "$VPY" -m pip install --quiet --upgrade pip
+  # torch first and pinned, so nothing resolves a CUDA build of it on CPU machines
+  "$VPY" -m pip install --quiet "$(grep -E '^torch==' "$ROOT/requirements.txt")"
+  "$VPY" -m pip install --quiet -r "$ROOT/requirements.txt"
+  echo "$req_hash" > "$VENV/.vla-requirements"
+  rm -f "$VENV/.vla-interfaces"
+else
+  say "requirements up to date"
+fi
+
+# 2. interface packages
+build_interface() {  # build_interface <source dir>
+  local src=$1 name
+  name=$(basename "$src")
+  say "building $name"
+  cmake -S "$src" -B "$BUILD/$name" -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
+    -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release \
+    > "$BUILD/$name.log" 2>&1 \
+    && cmake --build "$BUILD/$name" -j "$(nproc)" >> "$BUILD/$name.log" 2>&1 \
+    && cmake --install "$BUILD/$name" >> "$BUILD/$name.log" 2>&1 \
+    || { echo "[bootstrap] building $name failed; log: $BUILD/$name.log" >&2;
+         tail -30 "$BUILD/$name.log" >&2; exit 1; }
+}
+interfaces=("$ROOT/vla_msgs")
+has_real_interbotix=0
+if [ -f "$VENV/.vla-interfaces" ] || ! "$VPY" -c "import interbotix_xs_msgs.msg" 2>/dev/null; then
+  interfaces+=("$ROOT/scripts/interbotix_xs_msgs")
+else
+  has_real_interbotix=1
+fi
+if_hash=$(cd "$ROOT" && { echo "$req_hash"; find vla_msgs scripts/interbotix_xs_msgs -type f \
+  -not -name '*.pyc' | sort | xargs cat; } | sha256sum | cut -c1-16)
+if [ "$(cat "$VENV/.vla-interfaces" 2>/dev/null)" != "$if_hash" ] \
+   || ! "$VPY" -c "import vla_msgs.msg" 2>/dev/null; then
+  mkdir -p "$BUILD"
+  "$VPY" "$ROOT/scripts/fix_ros_wheel_cmake.py"
+  for src in "${interfaces[@]}"; do build_interface "$src"; done
+  "$VPY" -c "import vla_msgs.msg, interbotix_xs_msgs.msg" \
+    || { echo "[bootstrap] built messages do not import" >&2; exit 1; }
+  [ "$has_real_interbotix" = 1 ] || echo "$if_hash" > "$VENV/.vla-interfaces"
+else
+  say "vla_msgs up to date"
+fi
+
+# 3. the package itself (editable: code changes need no reinstall)
+pkg_hash=$(hash_of "$ROOT/setup.py" "$ROOT/setup.cfg")
+if [ "$(cat "$VENV/.vla-package" 2>/dev/null)" != "$pkg_hash" ]; then
+  say "installing vla_policy_node (editable)"
+  "$VPY" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT"
+  echo "$pkg_hash" > "$VENV/.vla-package"
+else
+  say "vla_policy_node up to date"
+fi
+say "ready: $VENV"
