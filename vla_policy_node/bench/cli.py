@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.add_argument("--json", metavar="PATH", default=None, help="write results as JSON")
         p.add_argument("--update-docs", action="store_true",
-                       help=f"record the table in {report.DOCS_PATH.relative_to(report.DOCS_PATH.parents[1])}")
+                       help="record the table in docs/benchmarks.md")
         p.set_defaults(_module=module)
     return parser
 
