@@ -29,7 +29,7 @@ class TimeSource(Protocol):
         """Current time in seconds."""
 
     def sleep_until(self, deadline: float) -> bool:
-        """Sleep until ``deadline``; False if woken early for good (shutdown)."""
+        """Sleep until ``deadline`` or a backward time jump; False on shutdown."""
 
 
 class MonotonicTimeSource:
@@ -65,6 +65,7 @@ class FakeTimeSource:
         self.time = float(start)
         self.delay = delay
         self.stopped = False
+        self._jumped_back = False
 
     def now(self) -> float:
         return self.time
@@ -72,13 +73,19 @@ class FakeTimeSource:
     def sleep_until(self, deadline: float) -> bool:
         if self.stopped:
             return False
+        if self._jumped_back:
+            # Like a ROS clock source: a backward jump wakes the sleeper at once.
+            self._jumped_back = False
+            return True
         extra = self.delay(deadline) if self.delay is not None else 0.0
         self.time = max(self.time, deadline + extra)
         return True
 
     def advance(self, seconds: float) -> None:
-        """Move time by ``seconds`` (negative: a backward jump)."""
+        """Move time by ``seconds`` (negative: a backward jump, which wakes the sleeper)."""
         self.time += seconds
+        if seconds < 0:
+            self._jumped_back = True
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ class ExecutorCore:
         if self._state in (ExecutorState.RUNNING, ExecutorState.RAMPING):
             since = now - (self._last_target_time if self._last_target_time is not None
                            else now)
-            if since > self.config.stale_timeout:
+            if since >= self.config.stale_timeout - 1e-9:
                 self._state = ExecutorState.HOLDING
                 logger.warning(
                     "no valid target for %.3f s (stale timeout %.3f s): holding the last "
