@@ -1,0 +1,196 @@
+"""Bag -> HDF5 conversion: alignment, both storages, compressed images, every bad-bag case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_policy_node.data.convert import convert_bags, ConvertOptions, MANIFEST_FILE
+from vla_policy_node.data.episodes import action_window, Episode
+from vla_policy_node.data.spec import DataSpec
+from vla_policy_node.data.stats import STATISTICS_FILE
+from vla_policy_node.data.synthetic import arm_trajectory, render, SyntheticEpisode, \
+    write_episode_bag
+
+SPEC = DataSpec.from_file()
+N_JOINTS = len(SPEC.robot.arm_joint_names)
+
+
+def expected_pose(t: np.ndarray, seed: int, lead: float = 0.0) -> np.ndarray:
+    """(N, 14) model-order vector the synthetic trajectory has at times t (s from start)."""
+    return np.concatenate([arm_trajectory(t + lead, i, N_JOINTS, seed)
+                           for i in range(len(SPEC.robot.arms))], axis=1)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_converts_a_bag_with_latest_before_alignment(tmp_path: Path, storage: str) -> None:
+    bag = write_episode_bag(tmp_path / "bags" / "episode_1", SPEC,
+                            SyntheticEpisode(duration=2.0, seed=3, storage=storage))
+    out = tmp_path / "data"
+    [report] = convert_bags([bag], SPEC, out)
+    assert report.status == "converted", report.error
+    assert report.outputs == ["episode_1.hdf5"]
+    assert report.frames == 50 and report.dropped_frames == 0 and report.gaps == []
+    with Episode(out / "episode_1.hdf5") as ep:
+        assert len(ep) == 50
+        assert ep.instruction == "pick up the cube" and ep.success
+        assert list(ep.joint_names) == list(SPEC.robot.joint_names)
+        assert ep.camera_names == SPEC.camera_names
+        # Clock: 25 Hz from the moment every stream has a message (the first camera frame
+        # is stamped at t=0, joint states too).
+        t = ep.timestamp - 1000.0
+        np.testing.assert_allclose(np.diff(t), 0.04, atol=1e-9)
+        # Latest-before at 100 Hz joint states: the sample at floor(t * 100) / 100.
+        t_joint = np.floor(t * 100 + 1e-6) / 100
+        np.testing.assert_allclose(ep.qpos, expected_pose(t_joint, 3), atol=1e-9)
+        np.testing.assert_allclose(ep.action, expected_pose(t_joint, 3, lead=0.06), atol=1e-9)
+        # Images: the latest camera frame (30 Hz) at or before each tick, pixel-exact.
+        for frame in (0, 17, 49):
+            k = int(np.floor(t[frame] * 30 + 1e-6))
+            pose = expected_pose(np.array([k / 30]), 3)[0]
+            for c, cam in enumerate(SPEC.camera_names):
+                np.testing.assert_array_equal(ep.image(cam, frame), render(pose, (48, 64), c))
+    stats = json.loads((out / STATISTICS_FILE).read_text())["aloha"]
+    with Episode(out / "episode_1.hdf5") as ep:
+        np.testing.assert_allclose(stats["action"]["min"], ep.action.min(0))
+        np.testing.assert_allclose(stats["proprio"]["q99"], np.quantile(ep.qpos, 0.99, 0))
+    assert stats["num_transitions"] == 50 and stats["num_trajectories"] == 1
+    assert stats["action"]["mask"] == [True] * 14
+
+
+def test_rerun_is_idempotent_and_force_gives_identical_files(tmp_path: Path) -> None:
+    bags = [write_episode_bag(tmp_path / f"ep{i}", SPEC, SyntheticEpisode(seed=i))
+            for i in range(2)]
+    out = tmp_path / "data"
+    first = convert_bags(bags, SPEC, out)
+    assert [r.status for r in first] == ["converted", "converted"]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.hdf5")}
+    stats = (out / STATISTICS_FILE).read_text()
+    second = convert_bags(bags, SPEC, out)
+    assert [r.status for r in second] == ["unchanged", "unchanged"]
+    assert [r.frames for r in second] == [r.frames for r in first]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.hdf5")} == mtimes
+    assert (out / STATISTICS_FILE).read_text() == stats
+    with Episode(out / "ep1.hdf5") as ep:
+        before = (ep.qpos.copy(), ep.image("cam_high", 10))
+    third = convert_bags(bags, SPEC, out, ConvertOptions(force=True))
+    assert [r.status for r in third] == ["converted", "converted"]
+    with Episode(out / "ep1.hdf5") as ep:
+        np.testing.assert_array_equal(ep.qpos, before[0])
+        np.testing.assert_array_equal(ep.image("cam_high", 10), before[1])
+    assert (out / STATISTICS_FILE).read_text() == stats
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["ep0.hdf5", "ep1.hdf5", MANIFEST_FILE, STATISTICS_FILE])
+
+
+def test_compressed_cameras_and_resize(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "jpeg", SPEC, SyntheticEpisode(compressed=True))
+    [report] = convert_bags([bag], SPEC, tmp_path / "data",
+                            ConvertOptions(image_size=(24, 32), compression="lzf"))
+    assert report.status == "converted", report.error
+    with Episode(tmp_path / "data" / "jpeg.hdf5") as ep:
+        assert ep.image("cam_left_wrist", 0).shape == (24, 32, 3)
+        assert json.loads(ep.attrs["camera_topics"])["cam_high"].endswith("/compressed")
+
+
+def test_bad_bags_are_reported_and_skipped_the_rest_converted(tmp_path: Path) -> None:
+    good = write_episode_bag(tmp_path / "good", SPEC)
+    truncated = write_episode_bag(tmp_path / "truncated", SPEC)
+    storage_file = next(truncated.glob("*.mcap"))
+    storage_file.write_bytes(storage_file.read_bytes()[:20000])
+    missing = write_episode_bag(tmp_path / "missing", SPEC, SyntheticEpisode(
+        omit_topics=["/cam_right_wrist/camera/color/image_rect_raw"]))
+    renamed = write_episode_bag(tmp_path / "renamed", SPEC, SyntheticEpisode(
+        joint_names=["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]))
+    nonexistent = tmp_path / "nope"
+    out = tmp_path / "data"
+    reports = convert_bags([truncated, good, missing, renamed, nonexistent], SPEC, out)
+    status = {Path(r.bag).name: r for r in reports}
+    assert status["good"].status == "converted"
+    assert status["truncated"].status == "failed"
+    assert "truncated" in status["truncated"].error and "magic" in status["truncated"].error
+    assert status["missing"].status == "failed"
+    assert "camera 'cam_right_wrist'" in status["missing"].error
+    assert status["renamed"].status == "failed"
+    assert "['waist', 'shoulder'" in status["renamed"].error
+    assert "joint1" in status["renamed"].error
+    assert status["nope"].status == "failed" and "not found" in status["nope"].error
+    assert sorted(p.name for p in out.glob("*.hdf5")) == ["good.hdf5"]
+    assert not list(out.glob(".*.tmp"))
+    stats = json.loads((out / STATISTICS_FILE).read_text())["aloha"]
+    assert stats["num_trajectories"] == 1
+
+
+def test_camera_gap_splits_the_episode_and_is_reported(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "gappy", SPEC, SyntheticEpisode(
+        duration=4.0, camera_gap=(1.5, 2.0)))
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "converted", report.error
+    assert report.outputs == ["gappy_seg0.hdf5", "gappy_seg1.hdf5"]
+    assert len(report.gaps) == 1
+    gap = report.gaps[0]
+    # Last frame before the gap at ~1.467 s; stale from 1.467 + 0.1 s on, fresh at 2.0 s.
+    assert 1.5 <= gap["start"] <= 1.6 and 0.36 <= gap["duration"] <= 0.48
+    assert gap["streams"] == [f"camera:{c}" for c in sorted(SPEC.camera_names)]
+    lengths = []
+    for name in report.outputs:
+        with Episode(tmp_path / "data" / name) as ep:
+            lengths.append(len(ep))
+            assert np.all(np.diff(ep.timestamp) < 0.041)  # no gap inside a segment
+    assert sum(lengths) == report.frames
+    assert report.frames + report.dropped_frames == 100
+
+
+def test_min_segment_duration_drops_short_runs(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "gappy", SPEC, SyntheticEpisode(
+        duration=3.0, camera_gap=(0.5, 1.0)))
+    spec = DataSpec.from_file(min_segment_duration=1.0)
+    [report] = convert_bags([bag], spec, tmp_path / "data")
+    assert report.outputs == ["gappy.hdf5"]  # the 0.5 s run before the gap is too short
+    assert report.dropped_frames > 10
+
+
+def test_executor_commands_as_action_source(tmp_path: Path) -> None:
+    spec = DataSpec.from_file(action_source="commands")
+    bag = write_episode_bag(tmp_path / "cmd", spec, SyntheticEpisode(seed=1))
+    [report] = convert_bags([bag], spec, tmp_path / "data")
+    assert report.status == "converted", report.error
+    with Episode(tmp_path / "data" / "cmd.hdf5") as ep:
+        t = ep.timestamp - 1000.0
+        t_cmd = np.floor(t * 50 + 1e-6) / 50  # commands at 50 Hz, log-time stamped
+        # float32 on the wire
+        np.testing.assert_allclose(ep.action, expected_pose(t_cmd, 1, lead=0.06), atol=1e-6)
+
+
+def test_instruction_success_and_missing_metadata(tmp_path: Path) -> None:
+    failed = write_episode_bag(tmp_path / "failed_ep", SPEC, SyntheticEpisode(success=False))
+    silent = write_episode_bag(tmp_path / "silent", SPEC, SyntheticEpisode(
+        instruction=None, success=None))
+    out = tmp_path / "data"
+    reports = {Path(r.bag).name: r for r in convert_bags(
+        [failed, silent], SPEC, out, ConvertOptions(only_success=True))}
+    assert reports["failed_ep"].status == "skipped"
+    assert reports["silent"].status == "failed" and "--instruction" in reports["silent"].error
+    [report] = convert_bags([silent], SPEC, out, ConvertOptions(instruction="fold the towel"))
+    assert report.status == "converted"
+    with Episode(out / "silent.hdf5") as ep:
+        assert ep.instruction == "fold the towel" and ep.success is None
+
+
+def test_bag_without_metadata_yaml_is_read_from_its_storage_file(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "killed", SPEC, SyntheticEpisode(storage="sqlite3"))
+    (bag / "metadata.yaml").unlink()  # ros2 bag record killed before writing it
+    [report] = convert_bags([bag], SPEC, tmp_path / "data",
+                            ConvertOptions(instruction="pick up the cube"))
+    assert report.status == "converted", report.error
+    assert report.frames == 50
+
+
+def test_action_window_pads_with_the_last_action() -> None:
+    actions = np.arange(12.0).reshape(6, 2)
+    np.testing.assert_array_equal(action_window(actions, 1, 3), actions[1:4])
+    window = action_window(actions, 4, 4)
+    np.testing.assert_array_equal(window, [[8, 9], [10, 11], [10, 11], [10, 11]])

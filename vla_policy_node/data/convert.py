@@ -1,0 +1,629 @@
+"""Bag -> ALOHA-style HDF5 episodes + dataset_statistics.json (the core of ``vla-convert``).
+
+One bag is one episode. Conversion reads a bag twice and never holds more than a block of
+images in memory, so hour-long 3-camera episodes convert on a small machine:
+
+1. every non-image message is deserialized (joint states, commands, instruction, success);
+   of the images only the header stamps are read (8 bytes, no decoding);
+2. the streams are resampled on a reference clock at ``rate_hz`` (latest message at or before
+   each tick, no older than ``max_age``); frames where a stream is stale are dropped, which
+   splits the episode into segments (``<bag>.hdf5`` or ``<bag>_seg<i>.hdf5``);
+3. the image topics are read again and only the messages that some frame uses are decoded,
+   through :func:`vla_policy_node.data.images.decode_image` (the function the policy node
+   uses), and written into the episode files.
+
+A bag that cannot be read, lacks a topic, names other joints or holds undecodable images is
+reported and skipped. ``conversion.json`` in the output directory records what was converted
+from what, so re-running converts only new or changed bags and gives identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+import re
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from vla_policy_node.data.align import align, make_clock, runs
+from vla_policy_node.data.bags import (
+    BagError, BagReader, header_stamp_ns, META_INSTRUCTION, META_SUCCESS)
+from vla_policy_node.data.episodes import EpisodeWriter, write_json_atomic
+from vla_policy_node.data.images import decode_image, ImageDecodeError
+from vla_policy_node.data.spec import DataSpec
+from vla_policy_node.data.stats import compute_statistics, STATISTICS_FILE, write_statistics
+
+logger = logging.getLogger(__name__)
+
+CONVERTER_VERSION = 1
+MANIFEST_FILE = "conversion.json"
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+_BLOCK = 32  # frames buffered per camera before an HDF5 write
+
+
+class ConversionError(ValueError):
+    """A bag that cannot become an episode (missing topic, wrong joints, ...)."""
+
+
+@dataclass
+class ConvertOptions:
+    """Options of one conversion run.
+
+    Attributes:
+        instruction: use this instruction for every bag (bags from ``ros2 bag record``
+            usually have none); None: the one stored in the bag.
+        only_success: skip episodes not marked successful.
+        image_size: (H, W) to resize frames to (cv2 INTER_AREA); None keeps the camera size,
+            so the model's own preprocessing sees the same pixels as on the robot.
+        compression: None, "lzf" or "gzip" for the image datasets.
+        dataset_name: key of dataset_statistics.json.
+        force: convert again even when the manifest says the bag is unchanged.
+    """
+
+    instruction: str | None = None
+    only_success: bool = False
+    image_size: tuple[int, int] | None = None
+    compression: str | None = None
+    dataset_name: str = "aloha"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            if len(self.image_size) != 2 or min(self.image_size) <= 0:
+                raise ValueError(f"image_size must be (H, W) > 0, got {self.image_size}")
+            self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if self.compression not in (None, "lzf", "gzip"):
+            raise ValueError(f"compression must be None, lzf or gzip, got {self.compression!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.dataset_name):
+            raise ValueError(f"dataset_name must be a simple name, got {self.dataset_name!r}")
+
+
+@dataclass
+class EpisodeReport:
+    """What happened to one bag.
+
+    ``status``: converted, unchanged (already converted, same settings), skipped (not
+    successful with --only-success) or failed (``error`` says why).
+    """
+
+    bag: str
+    status: str = "failed"
+    outputs: list[str] = field(default_factory=list)
+    frames: int = 0
+    dropped_frames: int = 0
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    instruction: str = ""
+    success: bool | None = None
+    duration: float = 0.0
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class _Stream:
+    topic: str
+    times: list[int] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    velocity: list[np.ndarray] = field(default_factory=list)
+    effort: list[np.ndarray] = field(default_factory=list)
+
+
+# ---- pass 1: streams ------------------------------------------------------------------------
+
+class _JointExtractor:
+    """Driver joint names of one arm out of JointState messages, names matched per message."""
+
+    def __init__(self, topic: str, names: Sequence[str], gripper: bool,
+                 normalize: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.topic = topic
+        self.names = list(names)
+        self.gripper = gripper
+        self.normalize = normalize
+        self._cache: dict[tuple[str, ...], np.ndarray] = {}
+
+    def indices(self, msg_names: Sequence[str]) -> np.ndarray:
+        key = tuple(msg_names)
+        idx = self._cache.get(key)
+        if idx is None:
+            missing = [n for n in self.names if n not in key]
+            if missing:
+                raise ConversionError(
+                    f"{self.topic}: joints {missing} not in the message's names {list(key)} "
+                    f"(robot.arm_joint_names / gripper_joint_name in the config)")
+            idx = np.array([key.index(n) for n in self.names])
+            self._cache[key] = idx
+        return idx
+
+    def __call__(self, msg: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        idx = self.indices(msg.name)
+        position = np.asarray(msg.position, dtype=np.float64)
+        if len(position) != len(msg.name):
+            raise ConversionError(
+                f"{self.topic}: {len(msg.name)} names but {len(position)} positions")
+        values = position[idx]
+        scale = 1.0
+        if self.gripper:
+            raw = values[-1]
+            values[-1] = self.normalize(raw)
+            scale = float(self.normalize(raw + 1.0) - values[-1])  # d(normalized)/d(raw)
+        velocity = effort = None
+        if len(msg.velocity) == len(msg.name):
+            velocity = np.asarray(msg.velocity, dtype=np.float64)[idx]
+            if self.gripper:
+                velocity[-1] *= scale
+        if len(msg.effort) == len(msg.name):
+            effort = np.asarray(msg.effort, dtype=np.float64)[idx]
+        return values, velocity, effort
+
+
+def _stamp(clock: str, raw: bytes, log_ns: int, has_header: bool) -> int:
+    if clock == "header" and has_header:
+        stamp = header_stamp_ns(raw)
+        if stamp is not None:
+            return stamp
+    return log_ns
+
+
+class _BagStreams:
+    """Everything pass 1 reads out of one bag."""
+
+    def __init__(self, reader: BagReader, spec: DataSpec) -> None:
+        self.spec = spec
+        contents = reader.contents()
+        self.custom = contents.custom_data
+        topics = contents.topics
+        robot = spec.robot
+        groups = robot.arm_group_indices()
+
+        def require(topic: str, types: Sequence[str], what: str) -> None:
+            info = topics.get(topic)
+            if info is None or info.count == 0:
+                raise ConversionError(
+                    f"bag has no messages on {topic} ({what}); topics: {sorted(topics)}")
+            if info.msgtype not in types:
+                raise ConversionError(
+                    f"{topic} ({what}) has type {info.msgtype}, expected {' or '.join(types)}")
+
+        # Cameras: the configured topic, or its image_transport "/compressed" sibling.
+        self.camera_topics: dict[str, str] = {}
+        for name, topic, transport in zip(spec.camera_names, spec.camera_topics,
+                                          spec.camera_transports):
+            candidates = [topic, topic + "/compressed"]
+            if transport == "compressed":
+                candidates.reverse()
+            found = next((c for c in candidates if c in topics and topics[c].count), None)
+            if found is None:
+                raise ConversionError(
+                    f"bag has no images for camera {name!r} (topic {topic} or "
+                    f"{topic}/compressed); topics: {sorted(topics)}")
+            require(found, IMAGE_TYPES, f"camera {name}")
+            self.camera_topics[name] = found
+
+        self.extractors: dict[str, Any] = {}   # stream name -> how to read it
+        self.stream_topic: dict[str, str] = {}
+        self.arm_slots: dict[str, list[int]] = {}
+        for arm in robot.arms:
+            group = groups[arm]
+            has_gripper = group["gripper_index"] is not None
+            slots = list(group["joint_indices"]) + ([group["gripper_index"]] if has_gripper
+                                                    else [])
+            self.arm_slots[arm] = slots
+            names = list(group["driver_joint_names"]) + (
+                [robot.gripper_joint_name] if has_gripper else [])
+            topic = spec.follower_topic(arm)
+            require(topic, ("sensor_msgs/msg/JointState",), f"follower {arm} joint states")
+            self.extractors[f"proprio:{arm}"] = _JointExtractor(
+                topic, names, has_gripper, robot.normalize_gripper)
+            self.stream_topic[f"proprio:{arm}"] = topic
+            action_topics = spec.action_topics()[arm]
+            if spec.action_source == "leader":
+                topic = action_topics["joints"]
+                require(topic, ("sensor_msgs/msg/JointState",), f"leader of {arm}")
+                self.extractors[f"action:{arm}"] = _JointExtractor(
+                    topic, names, has_gripper, spec.normalize_leader_gripper)
+                self.stream_topic[f"action:{arm}"] = topic
+            else:
+                topic = action_topics["joints"]
+                require(topic, ("interbotix_xs_msgs/msg/JointGroupCommand",),
+                        f"joint commands of {arm}")
+                self.stream_topic[f"action:{arm}:joints"] = topic
+                if has_gripper:
+                    topic = action_topics["gripper"]
+                    require(topic, ("interbotix_xs_msgs/msg/JointSingleCommand",),
+                            f"gripper commands of {arm}")
+                    self.stream_topic[f"action:{arm}:gripper"] = topic
+
+        self.streams: dict[str, _Stream] = {
+            name: _Stream(topic) for name, topic in self.stream_topic.items()}
+        self.camera_streams = {name: _Stream(topic)
+                               for name, topic in self.camera_topics.items()}
+        self.instructions: list[tuple[int, str]] = []
+        self.successes: list[tuple[int, bool]] = []
+        self._read(reader, topics)
+
+    def _read(self, reader: BagReader, topics: dict[str, Any]) -> None:
+        spec = self.spec
+        by_topic: dict[str, list[str]] = {}
+        for name, topic in self.stream_topic.items():
+            by_topic.setdefault(topic, []).append(name)
+        camera_by_topic = {t: n for n, t in self.camera_topics.items()}
+        wanted = set(by_topic) | set(camera_by_topic)
+        for extra in (spec.instruction_topic, spec.success_topic):
+            if extra in topics:
+                wanted.add(extra)
+        n_joints = len(spec.robot.arm_joint_names)
+        for topic, msgtype, log_ns, raw in reader.messages(sorted(wanted)):
+            camera = camera_by_topic.get(topic)
+            if camera is not None:
+                stream = self.camera_streams[camera]
+                stream.times.append(_stamp(spec.clock, raw, log_ns, True))
+                continue
+            if topic == spec.instruction_topic:
+                self.instructions.append((log_ns, str(reader.deserialize(raw, msgtype).data)))
+                continue
+            if topic == spec.success_topic:
+                self.successes.append((log_ns, bool(reader.deserialize(raw, msgtype).data)))
+                continue
+            msg = reader.deserialize(raw, msgtype)
+            for name in by_topic[topic]:
+                stream = self.streams[name]
+                if name.endswith(":joints"):
+                    cmd = np.asarray(msg.cmd, dtype=np.float64)
+                    if cmd.shape != (n_joints,):
+                        raise ConversionError(
+                            f"{topic}: JointGroupCommand {msg.name!r} has {cmd.size} values, "
+                            f"expected {n_joints} ({list(spec.robot.arm_joint_names)})")
+                    stream.times.append(log_ns)
+                    stream.values.append(cmd)
+                elif name.endswith(":gripper"):
+                    if msg.name != spec.robot.gripper_joint_name:
+                        continue  # single commands to other joints are not the gripper
+                    stream.times.append(log_ns)
+                    stream.values.append(np.array(
+                        [spec.robot.normalize_gripper(float(msg.cmd))]))
+                else:
+                    values, velocity, effort = self.extractors[name](msg)
+                    stream.times.append(_stamp(spec.clock, raw, log_ns, True))
+                    stream.values.append(values)
+                    stream.velocity.append(velocity)
+                    stream.effort.append(effort)
+        for name, stream in {**self.streams, **{
+                f"camera:{k}": v for k, v in self.camera_streams.items()}}.items():
+            if not stream.times:
+                raise ConversionError(f"no usable messages on {stream.topic} ({name})")
+
+    def sorted_times(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Stream -> sorted (N,) times, and stream -> order (sorted position -> read index)."""
+        times, orders = {}, {}
+        for name, stream in list(self.streams.items()) + [
+                (f"camera:{k}", v) for k, v in self.camera_streams.items()]:
+            t = np.asarray(stream.times, dtype=np.int64)
+            order = np.argsort(t, kind="stable")
+            times[name], orders[name] = t[order], order
+        return times, orders
+
+
+# ---- one bag --------------------------------------------------------------------------------
+
+def _instruction(streams: _BagStreams, options: ConvertOptions) -> str:
+    if options.instruction is not None:
+        return options.instruction
+    if streams.custom.get(META_INSTRUCTION):
+        return streams.custom[META_INSTRUCTION]
+    texts = [text for _, text in streams.instructions if text.strip()]
+    if not texts:
+        raise ConversionError(
+            f"no instruction in the bag (metadata {META_INSTRUCTION} or topic "
+            f"{streams.spec.instruction_topic}); pass --instruction")
+    if len(set(texts)) > 1:
+        logger.warning("instruction changes within the episode %s; using the last, %r",
+                       sorted(set(texts)), texts[-1])
+    return texts[-1]
+
+
+def _success(streams: _BagStreams) -> bool | None:
+    value = streams.custom.get(META_SUCCESS)
+    if value is not None and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return streams.successes[-1][1] if streams.successes else None
+
+
+def _assemble(streams: _BagStreams, names: Iterable[str], key: str, rows: dict[str, np.ndarray],
+              dim: int, frames: int) -> np.ndarray | None:
+    """(T, D) vector of the per-arm streams ``names`` at the selected message rows."""
+    out = np.zeros((frames, dim))
+    for name in names:
+        stream = streams.streams[name]
+        arm = name.split(":")[1]
+        slots = streams.arm_slots[arm]
+        if name.endswith(":joints"):
+            slots = slots[:len(streams.spec.robot.arm_joint_names)]
+        elif name.endswith(":gripper"):
+            slots = slots[-1:]
+        series = getattr(stream, key)
+        if any(v is None for v in series):
+            return None
+        out[:, slots] = np.stack(series)[rows[name]]
+    return out
+
+
+def _output_names(bag: Path, segments: int) -> list[str]:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", bag.name if bag.is_dir() else bag.stem)
+    if segments == 1:
+        return [f"{stem}.hdf5"]
+    return [f"{stem}_seg{i}.hdf5" for i in range(segments)]
+
+
+def convert_bag(bag: str | os.PathLike, spec: DataSpec, out_dir: str | os.PathLike,
+                options: ConvertOptions | None = None,
+                output_stem: str | None = None) -> EpisodeReport:
+    """Convert one bag into one or more episode files in ``out_dir``.
+
+    Never raises for a bad bag: the report's ``status`` is ``failed`` and ``error`` says why.
+    """
+    options = options or ConvertOptions()
+    bag, out_dir = Path(bag), Path(out_dir)
+    report = EpisodeReport(bag=str(bag))
+    started = time.perf_counter()
+    temporaries: list[Path] = []
+    try:
+        _convert(bag, spec, out_dir, options, report, temporaries, output_stem)
+    except (BagError, ConversionError, ImageDecodeError, ValueError, OSError, KeyError) as exc:
+        report.status, report.outputs = "failed", []
+        report.error = f"{type(exc).__name__}: {exc}"
+        logger.error("skipping %s: %s", bag, report.error)
+    finally:
+        for tmp in temporaries:
+            tmp.unlink(missing_ok=True)
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def _convert(bag: Path, spec: DataSpec, out_dir: Path, options: ConvertOptions,
+             report: EpisodeReport, temporaries: list[Path], output_stem: str | None) -> None:
+    robot = spec.robot
+    with BagReader(bag) as reader:
+        streams = _BagStreams(reader, spec)
+        report.instruction = _instruction(streams, options)
+        report.success = _success(streams)
+        if options.only_success and report.success is not True:
+            report.status = "skipped"
+            report.error = f"not marked successful (success={report.success})"
+            return
+        times, orders = streams.sorted_times()
+        try:
+            ticks = make_clock(times, spec.rate_hz)
+        except ValueError as exc:
+            raise ConversionError(str(exc)) from None
+        alignment = align(times, ticks, int(round(spec.max_age * 1e9)))
+        period = 1.0 / spec.rate_hz
+        min_frames = max(1, int(np.ceil(spec.min_segment_duration * spec.rate_hz - 1e-9)))
+        all_runs = runs(alignment.valid)
+        segments = [(a, b) for a, b in all_runs if b - a >= min_frames]
+        for a, b in runs(~alignment.valid):
+            stale = sorted(n for n, s in alignment.stale.items() if s[a:b].any())
+            report.gaps.append({"start": round(a * period, 4), "duration": round(
+                (b - a) * period, 4), "streams": stale})
+        kept = np.concatenate([np.arange(a, b) for a, b in segments]) if segments else (
+            np.zeros(0, np.int64))
+        report.frames = int(len(kept))
+        report.dropped_frames = int(len(ticks) - len(kept))
+        report.duration = float((ticks[-1] - ticks[0]) / 1e9) if len(ticks) else 0.0
+        if not segments:
+            raise ConversionError(
+                f"no run of {min_frames} fresh frames (max_age {spec.max_age} s) in "
+                f"{len(ticks)} ticks; gaps: {report.gaps[:3]}")
+
+        # Message row (read order) of each stream for each kept frame.
+        rows = {name: orders[name][alignment.indices[name][kept]] for name in times}
+        dim = robot.dim
+        proprio_names = [f"proprio:{arm}" for arm in robot.arms]
+        action_names = [n for n in streams.streams if n.startswith("action:")]
+        qpos = _assemble(streams, proprio_names, "values", rows, dim, len(kept))
+        qvel = _assemble(streams, proprio_names, "velocity", rows, dim, len(kept))
+        effort = _assemble(streams, proprio_names, "effort", rows, dim, len(kept))
+        action = _assemble(streams, action_names, "values", rows, dim, len(kept))
+        assert qpos is not None and action is not None
+        for name, values in (("qpos", qpos), ("action", action)):
+            if not np.all(np.isfinite(values)):
+                row, col = np.argwhere(~np.isfinite(values))[0]
+                raise ConversionError(
+                    f"non-finite {name} {values[row, col]} for joint {robot.joint_names[col]} "
+                    f"at {ticks[kept[row]]} ns")
+
+        names = _output_names(Path(output_stem) if output_stem else bag, len(segments))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writers: list[EpisodeWriter] = []
+        offsets = np.cumsum([0] + [b - a for a, b in segments])
+        try:
+            for i, (name, (a, b)) in enumerate(zip(names, segments)):
+                tmp = out_dir / f".{name}.tmp"
+                temporaries.append(tmp)
+                writer = EpisodeWriter(tmp, b - a, robot.joint_names, spec.camera_names,
+                                       options.compression)
+                sl = slice(offsets[i], offsets[i + 1])
+                writer.write_arrays(qpos[sl], action[sl], ticks[a:b] / 1e9,
+                                    None if qvel is None else qvel[sl],
+                                    None if effort is None else effort[sl])
+                writer.set_attrs(
+                    instruction=report.instruction, success=report.success,
+                    rate_hz=spec.rate_hz, max_age=spec.max_age, clock=spec.clock,
+                    action_source=spec.action_source, source_bag=str(bag.resolve()),
+                    segment=i, segments=len(segments), start_ns=int(ticks[a]),
+                    converter_version=CONVERTER_VERSION,
+                    qvel_recorded=qvel is not None, effort_recorded=effort is not None,
+                    camera_topics=streams.camera_topics)
+                writers.append(writer)
+            _write_images(reader, streams, spec, options, rows, offsets, writers)
+            for writer in writers:
+                missing = writer.missing_images()
+                if missing:
+                    raise ConversionError(f"frames without images: {missing}")
+        finally:
+            for writer in writers:
+                writer.close()
+    # All files complete: move them into place, then drop outputs of an earlier conversion.
+    for tmp, name in zip(temporaries, names):
+        os.replace(tmp, out_dir / name)
+    temporaries.clear()
+    report.outputs = names
+    report.status = "converted"
+
+
+def _write_images(reader: BagReader, streams: _BagStreams, spec: DataSpec,
+                  options: ConvertOptions, rows: dict[str, np.ndarray], offsets: np.ndarray,
+                  writers: list[EpisodeWriter]) -> None:
+    """Pass 2: decode each used image once and write it to every frame that uses it."""
+    topic_camera = {t: c for c, t in streams.camera_topics.items()}
+    users: dict[str, dict[int, list[int]]] = {}
+    for camera in streams.camera_topics:
+        table: dict[int, list[int]] = {}
+        for frame, msg_row in enumerate(rows[f"camera:{camera}"].tolist()):
+            table.setdefault(msg_row, []).append(frame)
+        users[camera] = table
+    counters = dict.fromkeys(streams.camera_topics, 0)
+    buffers: dict[str, _FrameBuffer] = {c: _FrameBuffer(c, offsets, writers)
+                                        for c in streams.camera_topics}
+    for topic, msgtype, _, raw in reader.messages(sorted(topic_camera)):
+        camera = topic_camera[topic]
+        index = counters[camera]
+        counters[camera] += 1
+        frames = users[camera].get(index)
+        if not frames:
+            continue
+        try:
+            image = decode_image(reader.deserialize(raw, msgtype))
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"camera {camera} ({topic}) message {index}: {exc}") from None
+        if options.image_size is not None and image.shape[:2] != options.image_size:
+            h, w = options.image_size
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        for frame in frames:
+            buffers[camera].put(frame, image)
+    for buffer in buffers.values():
+        buffer.flush()
+
+
+class _FrameBuffer:
+    """Collects consecutive frames of one camera and writes them in blocks."""
+
+    def __init__(self, camera: str, offsets: np.ndarray, writers: list[EpisodeWriter]) -> None:
+        self.camera, self.offsets, self.writers = camera, offsets, writers
+        self.start = -1
+        self.frames: list[np.ndarray] = []
+
+    def put(self, frame: int, image: np.ndarray) -> None:
+        segment = int(np.searchsorted(self.offsets, frame, side="right") - 1)
+        if self.frames and (frame != self.start + len(self.frames)
+                            or segment != self._segment or len(self.frames) >= _BLOCK):
+            self.flush()
+        if not self.frames:
+            self.start, self._segment = frame, segment
+        self.frames.append(image)
+
+    def flush(self) -> None:
+        if not self.frames:
+            return
+        segment = self._segment
+        shapes = {f.shape for f in self.frames}
+        if len(shapes) > 1:
+            raise ConversionError(f"camera {self.camera} changes size within the episode: "
+                                  f"{sorted(shapes)}")
+        self.writers[segment].write_images(
+            self.camera, self.start - int(self.offsets[segment]), np.stack(self.frames))
+        self.frames = []
+
+
+# ---- many bags ------------------------------------------------------------------------------
+
+def _fingerprint(bag: Path, spec: DataSpec, options: ConvertOptions) -> str:
+    files = sorted(p for p in ([bag] if bag.is_file() else bag.rglob("*")) if p.is_file())
+    parts = [f"{p.relative_to(bag) if bag.is_dir() else p.name}:{p.stat().st_size}:"
+             f"{p.stat().st_mtime_ns}" for p in files]
+    settings = {k: v for k, v in asdict(options).items() if k != "force"}
+    spec_fields = {k: str(v) for k, v in vars(spec).items()}
+    blob = json.dumps([CONVERTER_VERSION, parts, settings, spec_fields], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _unique_stems(bags: Sequence[Path]) -> dict[Path, str]:
+    """Output stem per bag: its name, made unique with a path hash where names collide."""
+    stems: dict[Path, str] = {}
+    by_name: dict[str, list[Path]] = {}
+    for bag in bags:
+        by_name.setdefault(bag.name if bag.is_dir() else bag.stem, []).append(bag)
+    for name, group in by_name.items():
+        for bag in group:
+            suffix = "" if len(group) == 1 else "_" + hashlib.sha1(
+                str(bag.resolve()).encode()).hexdigest()[:6]
+            stems[bag] = name + suffix
+    return stems
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / MANIFEST_FILE
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+            if manifest.get("version") == CONVERTER_VERSION:
+                return manifest
+        except (OSError, ValueError):
+            logger.warning("ignoring unreadable %s", path)
+    return {"version": CONVERTER_VERSION, "bags": {}}
+
+
+def convert_bags(bags: Sequence[str | os.PathLike], spec: DataSpec,
+                 out_dir: str | os.PathLike, options: ConvertOptions | None = None,
+                 progress: Callable[[EpisodeReport], None] | None = None
+                 ) -> list[EpisodeReport]:
+    """Convert ``bags`` into ``out_dir`` and (re)write dataset_statistics.json.
+
+    Bags already converted with the same settings (per conversion.json) are ``unchanged``.
+    Statistics cover every episode the manifest lists, from this and earlier runs.
+    """
+    options = options or ConvertOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(out_dir)
+    paths = [Path(b) for b in bags]
+    stems = _unique_stems(paths)
+    reports = []
+    for bag in paths:
+        key = str(bag.resolve())
+        entry = manifest["bags"].get(key)
+        try:
+            fingerprint = _fingerprint(bag, spec, options) if bag.exists() else ""
+        except OSError:
+            fingerprint = ""
+        if (not options.force and entry and fingerprint and entry["fingerprint"] == fingerprint
+                and all((out_dir / o).is_file() for o in entry["outputs"])):
+            report = EpisodeReport(**{**entry["report"], "status": "unchanged"})
+        else:
+            report = convert_bag(bag, spec, out_dir, options, output_stem=stems[bag])
+            old_outputs = set(entry["outputs"]) if entry else set()
+            for stale in old_outputs - set(report.outputs):
+                (out_dir / stale).unlink(missing_ok=True)
+            if report.status == "converted":
+                manifest["bags"][key] = {"fingerprint": fingerprint, "outputs": report.outputs,
+                                         "report": asdict(report)}
+            else:
+                manifest["bags"].pop(key, None)
+            write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+        reports.append(report)
+        if progress is not None:
+            progress(report)
+    episodes = sorted(out_dir / o for e in manifest["bags"].values() for o in e["outputs"])
+    if episodes:
+        statistics = compute_statistics(episodes, options.dataset_name, spec.robot.joint_names,
+                                        spec.unnormalized_joints)
+        write_statistics(out_dir, statistics)
+    else:
+        (out_dir / STATISTICS_FILE).unlink(missing_ok=True)
+    return reports
