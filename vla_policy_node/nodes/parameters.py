@@ -1,0 +1,89 @@
+"""Declaring a node's parameters in one place: name, default, description, range.
+
+Each node lists its parameters as :class:`ParameterSpec` s and calls :func:`declare_parameters`,
+which declares them with descriptors (so ``ros2 param describe`` explains them) and returns
+their values. Required parameters (default ``None`` with a type) must come from the parameter
+file; a missing one fails start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One parameter: ``default`` None means required, of type ``type_``."""
+
+    name: str
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    type_: Parameter.Type | None = None
+
+
+def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str, Any]:
+    """Declare ``specs`` on ``node`` and return ``{name: value}``.
+
+    Raises:
+        ValueError: a required parameter is not set (names it and the config file to pass).
+    """
+    values: dict[str, Any] = {}
+    for spec in specs:
+        descriptor = ParameterDescriptor(description=spec.description)
+        if spec.range is not None:
+            low, high = spec.range
+            if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high),
+                                                         step=1)]
+            else:
+                descriptor.floating_point_range = [FloatingPointRange(
+                    from_value=float(low), to_value=float(high), step=0.0)]
+        if spec.default is None:
+            node.declare_parameter(spec.name, spec.type_, descriptor)
+        else:
+            node.declare_parameter(spec.name, spec.default, descriptor)
+        parameter = node.get_parameter(spec.name)
+        if parameter.type_ == Parameter.Type.NOT_SET:
+            raise ValueError(
+                f"parameter {spec.name} is not set: start the node with --params-file "
+                "config/aloha.yaml (or your copy of it)")
+        value = parameter.value
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
+            value = list(value)
+        values[spec.name] = value
+    return values
+
+
+def robot_parameter_specs() -> tuple[ParameterSpec, ...]:
+    """The shared ``robot.*`` description (``/**`` section of config/aloha.yaml): required."""
+    strings, doubles = Parameter.Type.STRING_ARRAY, Parameter.Type.DOUBLE_ARRAY
+    return (
+        ParameterSpec("robot.joint_names", None, "Names of the D-vector, model order.",
+                      type_=strings),
+        ParameterSpec("robot.arms", None, "Follower arm namespaces.", type_=strings),
+        ParameterSpec("robot.arm_prefixes", None, "Vector-name prefix per arm.", type_=strings),
+        ParameterSpec("robot.arm_joint_names", None, "Driver joint names of one arm.",
+                      type_=strings),
+        ParameterSpec("robot.gripper_joint_name", None, "Driver name of the gripper joint.",
+                      type_=Parameter.Type.STRING),
+        ParameterSpec("robot.gripper_open_position", None,
+                      "Driver gripper position normalized to 1 (open).",
+                      type_=Parameter.Type.DOUBLE),
+        ParameterSpec("robot.gripper_close_position", None,
+                      "Driver gripper position normalized to 0 (closed).",
+                      type_=Parameter.Type.DOUBLE),
+        ParameterSpec("robot.position_min", None, "Lower position limit per vector entry.",
+                      type_=doubles),
+        ParameterSpec("robot.position_max", None, "Upper position limit per vector entry.",
+                      type_=doubles),
+        ParameterSpec("robot.max_velocity", None, "Maximum command speed per entry (unit/s).",
+                      type_=doubles),
+        ParameterSpec("robot.joint_states_topic_suffix", "joint_states",
+                      "/<arm>/<suffix> carries the arm's JointState."),
+    )

@@ -1,0 +1,322 @@
+"""vla_policy node: cameras + joint states + instruction -> OFT model -> ActionChunk.
+
+Subscriptions never block: images and joint states are stored with their stamps, and a worker
+thread runs the model when the trigger says so (executor demand by default), publishing each
+chunk stamped with the capture time of the observation it was predicted from.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data, QoSDurabilityPolicy, QoSProfile
+from rclpy.qos import QoSReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from vla_msgs.msg import ActionChunk as ActionChunkMsg
+from vla_msgs.msg import ExecutorStatus, PolicyStatus
+from vla_msgs.srv import SetInstruction
+
+from vla_policy_node.chunk import ActionChunk
+from vla_policy_node.config import RobotConfig
+from vla_policy_node.data.images import decode_image
+from vla_policy_node.nodes.conversions import (
+    action_chunk_to_msg, duration_to_seconds, time_to_seconds)
+from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
+from vla_policy_node.nodes.parameters import robot_parameter_specs
+from vla_policy_node.policy_runtime import (
+    InferenceTrigger, ObservationStore, ObservationUnavailable, TRIGGER_MODES)
+
+PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
+    ParameterSpec("cameras.names", ["cam_high", "cam_left_wrist", "cam_right_wrist"],
+                  "Camera names, in the order the model takes them."),
+    ParameterSpec("cameras.topics", [""], "Image topic of each camera (cameras.names order)."),
+    ParameterSpec("cameras.transports", ["raw"],
+                  "raw (sensor_msgs/Image) or compressed (CompressedImage) per camera."),
+    ParameterSpec("instruction_topic", "/vla/instruction",
+                  "std_msgs/String instructions (reliable, volatile: ros2 topic pub works)."),
+    ParameterSpec("output_topic", "/vla/action_chunk", "vla_msgs/ActionChunk output."),
+    ParameterSpec("status_topic", "/vla/policy_status", "vla_msgs/PolicyStatus output."),
+    ParameterSpec("executor_status_topic", "/vla/executor_status",
+                  "vla_msgs/ExecutorStatus input (demand)."),
+    ParameterSpec("checkpoint", "", "Checkpoint directory (ours or official OpenVLA-OFT); "
+                  "empty: the preset with random weights."),
+    ParameterSpec("preset", "tiny", "Model preset used when checkpoint is empty."),
+    ParameterSpec("unnorm_key", "", "dataset_statistics.json key (empty: the only one)."),
+    ParameterSpec("device", "cpu", "Inference device: cpu, cuda, cuda:N."),
+    ParameterSpec("dtype", "float32", "Model dtype: float32, bfloat16, float16."),
+    ParameterSpec("quantization", "none", "Language model quantization: none, 8bit, 4bit."),
+    ParameterSpec("step_period", 0.04, "Seconds between the actions of a chunk.",
+                  (1e-3, 10.0)),
+    ParameterSpec("max_observation_age", 0.5,
+                  "Inputs older than this (s, ROS time) are stale: no inference.", (1e-3, 60.0)),
+    ParameterSpec("trigger", "on_demand", "on_demand | fixed_rate | once."),
+    ParameterSpec("demand_horizon", 0.6, "on_demand: infer when the executor's remaining "
+                  "horizon (s) drops below this.", (0.0, 60.0)),
+    ParameterSpec("inference_rate_hz", 2.0, "fixed_rate: inferences per second.",
+                  (0.01, 100.0)),
+    ParameterSpec("status_period", 1.0, "Seconds between PolicyStatus messages.", (0.05, 60.0)),
+    ParameterSpec("seed", 0, "Seed of the random weights of a preset.", (0, 2**31 - 1)),
+)
+
+INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.VOLATILE)
+
+
+class VlaPolicyNode(Node):
+    """The policy node; ``policy`` may be injected (tests), otherwise loaded from parameters."""
+
+    def __init__(self, policy: Any | None = None, **node_kwargs: Any) -> None:
+        super().__init__("vla_policy", **node_kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        self.params = p
+        self.robot = RobotConfig.from_params(p)
+        names, topics, transports = (list(p["cameras.names"]), list(p["cameras.topics"]),
+                                     list(p["cameras.transports"]))
+        if not (len(names) == len(topics) == len(transports)):
+            raise ValueError(f"cameras.names {names}, cameras.topics {topics} and "
+                             f"cameras.transports {transports} differ in length")
+        bad = [t for t in transports if t not in ("raw", "compressed")]
+        if bad:
+            raise ValueError(f"cameras.transports: {bad} not raw/compressed")
+        self.trigger = InferenceTrigger(p["trigger"], p["demand_horizon"],
+                                        p["inference_rate_hz"])
+        if p["trigger"] not in TRIGGER_MODES:
+            raise ValueError(f"trigger {p['trigger']!r} not in {TRIGGER_MODES}")
+
+        self.policy = policy if policy is not None else self._load_policy()
+        missing = [c for c in self.policy.camera_names if c not in names]
+        if missing:
+            raise ValueError(f"the model needs cameras {missing}, configured: {names}")
+        if self.policy.action_dim != self.robot.dim:
+            raise ValueError(f"the model predicts {self.policy.action_dim}-d actions, "
+                             f"robot.joint_names has {self.robot.dim}")
+        self.store = ObservationStore(self.policy.camera_names, self.robot,
+                                      p["max_observation_age"])
+        self.counters = dict(chunks_published=0, inferences_skipped=0, rejected_images=0,
+                             rejected_joint_states=0, rejected_instructions=0,
+                             inference_errors=0)
+        self.latencies: deque[float] = deque(maxlen=200)
+        self.last_age = -1.0
+        self.last_skip_reason = ""
+        self.state = "waiting_for_instruction"
+        self._next_chunk_id = 1
+        self._lock = threading.Lock()
+
+        self.chunk_pub = self.create_publisher(ActionChunkMsg, p["output_topic"], 10)
+        self.status_pub = self.create_publisher(PolicyStatus, p["status_topic"], 10)
+        for name, topic, transport in zip(names, topics, transports):
+            if name not in self.policy.camera_names:
+                continue
+            msg_type = Image if transport == "raw" else CompressedImage
+            self.create_subscription(msg_type, topic,
+                                     lambda msg, cam=name: self._on_image(cam, msg),
+                                     qos_profile_sensor_data)
+        for arm in self.robot.arms:
+            topic = f"/{arm}/{self.robot.joint_states_topic_suffix}"
+            self.create_subscription(JointState, topic,
+                                     lambda msg, a=arm: self._on_joint_state(a, msg),
+                                     qos_profile_sensor_data)
+        self.create_subscription(String, p["instruction_topic"], self._on_instruction,
+                                 INSTRUCTION_QOS)
+        self.create_subscription(ExecutorStatus, p["executor_status_topic"],
+                                 self._on_executor_status, 10)
+        self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
+        self.create_timer(p["status_period"], self._publish_status)
+
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="vla_inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: model {self.model_name} (K={self.policy.chunk_length}, "
+            f"D={self.policy.action_dim}), cameras {list(self.policy.camera_names)}, "
+            f"trigger {p['trigger']}; waiting for an instruction on {p['instruction_topic']}")
+
+    @property
+    def model_name(self) -> str:
+        return self.params["checkpoint"] or f"preset:{self.params['preset']}"
+
+    def _load_policy(self) -> Any:
+        from vla_policy_node.model import load_policy
+        p = self.params
+        self.get_logger().info(f"loading model {p['checkpoint'] or 'preset ' + p['preset']} "
+                               f"on {p['device']} ({p['dtype']}, quantization "
+                               f"{p['quantization']})")
+        return load_policy(checkpoint=p["checkpoint"] or None, preset=p["preset"],
+                           device=p["device"], dtype=p["dtype"],
+                           quantization=p["quantization"], unnorm_key=p["unnorm_key"] or None,
+                           seed=p["seed"])
+
+    # --- time -----------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stamp_of(self, header: Any) -> float:
+        stamp = time_to_seconds(header.stamp)
+        # An unstamped message (e.g. from `ros2 topic pub`) counts from its arrival.
+        return stamp if stamp > 0 else self._now()
+
+    def _count(self, counter: str, message: str) -> None:
+        with self._lock:
+            self.counters[counter] += 1
+            count = self.counters[counter]
+        self.get_logger().warning(f"{message} ({counter}: {count})", throttle_duration_sec=2.0)
+
+    # --- inputs ---------------------------------------------------------------------------
+    def _on_image(self, camera: str, msg: Any) -> None:
+        try:
+            if isinstance(msg, CompressedImage):
+                if not len(msg.data):
+                    raise ValueError("empty compressed image")
+                image: Any = lambda m=msg: decode_image(m)  # noqa: E731 - decoded on demand
+            else:
+                image = decode_image(msg)
+            self.store.set_image(camera, image, self._stamp_of(msg.header))
+        except Exception as exc:  # noqa: BLE001 - any bad image is counted, never fatal
+            self._count("rejected_images", f"rejected image from {camera}: {exc}")
+            return
+        self._wake.set()
+
+    def _on_joint_state(self, arm: str, msg: JointState) -> None:
+        try:
+            self.store.set_joint_state(arm, list(msg.name), list(msg.position),
+                                       self._stamp_of(msg.header))
+        except ValueError as exc:
+            self._count("rejected_joint_states", f"rejected joint state: {exc}")
+
+    def _set_instruction(self, text: str) -> tuple[bool, str]:
+        try:
+            changed = self.store.set_instruction(text)
+        except ValueError as exc:
+            self._count("rejected_instructions", f"rejected instruction: {exc}")
+            return False, str(exc)
+        if changed:
+            self.get_logger().info(f"new instruction: {text.strip()!r}")
+            self._wake.set()
+        return True, "instruction set" if changed else "instruction unchanged"
+
+    def _on_instruction(self, msg: String) -> None:
+        self._set_instruction(msg.data)
+
+    def _on_set_instruction(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self._set_instruction(request.instruction)
+        return response
+
+    def _on_executor_status(self, msg: ExecutorStatus) -> None:
+        self.trigger.on_executor_status(duration_to_seconds(msg.remaining_horizon))
+        self._wake.set()
+
+    # --- inference ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._maybe_infer()
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                self._count("inference_errors", f"inference failed: {exc!r}")
+                self.trigger.failed()
+                self._stop.wait(0.5)
+
+    def _maybe_infer(self) -> None:
+        now = self._now()
+        if not self.trigger.should_start(now, self.store.instruction_id, busy=False):
+            return
+        try:
+            obs = self.store.assemble(now)
+        except ObservationUnavailable as exc:
+            self.last_skip_reason = str(exc)
+            self.state = ("waiting_for_instruction" if not self.store.instruction
+                          else "waiting_for_inputs")
+            self.trigger.failed()
+            if self.store.instruction:
+                self._count("inferences_skipped", f"no inference: {exc}")
+            self._stop.wait(0.1)
+            return
+        except Exception as exc:  # noqa: BLE001 - a lazily decoded frame was bad
+            self._count("rejected_images", f"rejected image: {exc}")
+            self.trigger.failed()
+            return
+        self.trigger.started(now, obs.instruction_id)
+        self.state = "inferring"
+        self.last_age = obs.age
+        start = time.perf_counter()
+        result = self.policy.infer(obs.images, obs.proprio, obs.instruction)
+        latency = time.perf_counter() - start
+        chunk = ActionChunk(stamp=obs.stamp, actions=np.asarray(result.actions),
+                            joint_names=self.robot.joint_names,
+                            step_period=self.params["step_period"],
+                            chunk_id=self._next_chunk_id, instruction=obs.instruction,
+                            model_latency=latency)
+        self._next_chunk_id += 1
+        self.chunk_pub.publish(action_chunk_to_msg(chunk))
+        self.trigger.finished()
+        with self._lock:
+            self.counters["chunks_published"] += 1
+            self.latencies.append(latency)
+        self.last_skip_reason = ""
+        self.state = "ready"
+
+    # --- status ---------------------------------------------------------------------------
+    def _publish_status(self) -> None:
+        msg = PolicyStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.state = self.state
+        msg.instruction = self.store.instruction
+        msg.model = self.model_name
+        with self._lock:
+            for name, value in self.counters.items():
+                setattr(msg, name, value)
+            latencies = np.array(self.latencies) if self.latencies else None
+        msg.last_inference_latency = float(latencies[-1]) if latencies is not None else -1.0
+        msg.inference_latency_p50 = (float(np.percentile(latencies, 50))
+                                     if latencies is not None else -1.0)
+        msg.inference_latency_p95 = (float(np.percentile(latencies, 95))
+                                     if latencies is not None else -1.0)
+        msg.observation_age = float(self.last_age)
+        msg.last_skip_reason = self.last_skip_reason
+        self.status_pub.publish(msg)
+        self.get_logger().info(
+            f"{msg.state}: {msg.chunks_published} chunks, latency p50 "
+            f"{msg.inference_latency_p50 * 1e3:.0f} ms, observation age "
+            f"{msg.observation_age * 1e3:.0f} ms, skipped {msg.inferences_skipped}, rejected "
+            f"images/joints/instructions {msg.rejected_images}/{msg.rejected_joint_states}/"
+            f"{msg.rejected_instructions}", throttle_duration_sec=10.0)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = VlaPolicyNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001 - start-up errors end the process with a reason
+        rclpy.logging.get_logger("vla_policy").fatal(f"vla_policy cannot start: {exc}")
+        raise SystemExit(1) from None
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
