@@ -7,52 +7,27 @@ No fake ROS: tests start real nodes (often in separate processes) on a private
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
-import random
 import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
+
+from vla_policy_node.ros_env import isolated_environment, reserve_domain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCK_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / "vla_ros_domains"
 
 
-@contextlib.contextmanager
-def private_domain() -> Iterator[int]:
-    """Reserve a ROS_DOMAIN_ID (1-101) no other process on this machine holds.
-
-    Concurrent test runs each lock a file per domain, so their nodes never discover each other.
-    """
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    candidates = list(range(1, 102))
-    random.shuffle(candidates)
-    for domain in candidates:
-        handle = open(LOCK_DIR / f"{domain}.lock", "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        try:
-            yield domain
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-        return
-    raise RuntimeError("no free ROS_DOMAIN_ID between 1 and 101")
+def private_domain():
+    """Reserve a ROS_DOMAIN_ID no other process on this machine holds (context manager)."""
+    return reserve_domain()
 
 
 def ros_environment(domain: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a ROS process on ``domain`` with localhost-only discovery."""
-    env = dict(os.environ if base is None else base)
-    env["ROS_DOMAIN_ID"] = str(domain)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds.xml")
-    env["PYTHONUNBUFFERED"] = "1"
+    env = isolated_environment(domain, base)
     env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
     return env
 
