@@ -53,6 +53,18 @@ def test_time_going_backwards_reanchors_the_grid():
     assert clock.reanchors == 1
 
 
+def test_a_forward_time_jump_reanchors_instead_of_counting_overruns():
+    source = FakeTimeSource(start=0.0)
+    clock = ControlClock(source, 50.0)
+    it = clock.ticks()
+    next(it)
+    source.advance(100.0)  # first /clock message of a simulation
+    tick = next(it)
+    assert tick.skipped == 0 and tick.deadline == pytest.approx(100.0)
+    assert next(it).deadline == pytest.approx(100.02)
+    assert clock.stats().overruns == 0 and clock.reanchors == 1
+
+
 def test_achieved_rate_over_the_last_window():
     source = FakeTimeSource()
     clock = ControlClock(source, 500.0)

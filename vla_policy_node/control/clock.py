@@ -3,7 +3,7 @@
 Deadline ``n`` is ``start + n * period``: a late wake-up never shifts the ticks after it (no
 drift). A wake-up later than a whole period skips the missed deadlines (counted as overruns)
 instead of bursting to catch up; a clock that jumps backwards (a simulation reset on
-``/clock``) re-anchors the grid.
+``/clock``) or far forwards (the first ``/clock`` message) re-anchors the grid.
 
 The time source is pluggable: :class:`MonotonicTimeSource` (wall clock), :class:`FakeTimeSource`
 (tests: time advances only when the clock sleeps) and, in the node, one backed by the ROS clock
@@ -127,7 +127,7 @@ class ControlClock:
     """
 
     def __init__(self, source: TimeSource, rate_hz: float, history: int = 100_000,
-                 rate_window: float = 1.0) -> None:
+                 rate_window: float = 1.0, jump_threshold: float = 1.0) -> None:
         if not (math.isfinite(rate_hz) and rate_hz > 0):
             raise ValueError(f"control rate must be > 0 Hz, got {rate_hz}")
         if history < 1:
@@ -138,6 +138,9 @@ class ControlClock:
         self.rate_hz = float(rate_hz)
         self.period = 1.0 / self.rate_hz
         self.rate_window = rate_window
+        # Lateness beyond this is a time jump (first /clock message, sim fast-forward), not a
+        # slow loop: the grid restarts instead of counting thousands of overruns.
+        self.jump_threshold = max(float(jump_threshold), 2.0 * self.period)
         self._lock = threading.Lock()
         self._errors: deque[float] = deque(maxlen=history)
         self._recent: deque[float] = deque()
@@ -157,8 +160,8 @@ class ControlClock:
             if stop is not None and stop.is_set():
                 return
             now = self.source.now()
-            if now < deadline - self.period:
-                # Time went backwards (simulation reset): restart the grid from here.
+            if now < deadline - self.period or now - deadline > self.jump_threshold:
+                # Time jumped (simulation reset, first /clock): restart the grid from here.
                 start, n = now, 0
                 with self._lock:
                     self._reanchors += 1
@@ -188,7 +191,7 @@ class ControlClock:
 
     @property
     def reanchors(self) -> int:
-        """How often time went backwards and the deadline grid restarted."""
+        """How often time jumped and the deadline grid restarted."""
         with self._lock:
             return self._reanchors
 

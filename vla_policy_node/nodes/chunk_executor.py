@@ -1,0 +1,440 @@
+"""``chunk_executor`` node: streams action chunks to the arm controllers, safely and gap-free.
+
+Thin plumbing around :class:`vla_policy_node.control.ExecutorCore`, which decides everything:
+
+* subscribes to ``vla_msgs/ActionChunk`` (``chunk_topic``) and to ``/<arm>/joint_states``;
+* ticks on a dedicated thread on absolute deadlines of the node's clock (ROS time, so
+  ``use_sim_time`` follows ``/clock``), publishing one command per arm per tick;
+* publishes ``vla_msgs/ExecutorStatus`` at ``status_rate_hz`` (the policy node's demand);
+* serves ``~/pause``, ``~/resume``, ``~/stop`` (std_srvs/Trigger).
+
+Run: ``python -m vla_policy_node.nodes.chunk_executor --ros-args --params-file
+config/aloha.yaml [-p use_sim_time:=true]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any, Callable
+
+from rcl_interfaces.msg import (
+    FloatingPointRange, ParameterDescriptor, ParameterType)
+import rclpy
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from vla_msgs.msg import ActionChunk as ActionChunkMsg
+from vla_msgs.msg import ExecutorStatus
+
+from vla_policy_node.chunk import ChunkError
+from vla_policy_node.config import RobotConfig
+from vla_policy_node.control import (
+    ArmCommand, ControlClock, ExecutorConfig, ExecutorCore, MergeStrategy)
+from vla_policy_node.control.throttle import ThrottledLogger
+from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
+
+NODE_NAME = "chunk_executor"
+OUTPUT_TYPES = ("interbotix", "joint_trajectory", "float64_array")
+CORE_LOGGER = "vla_policy_node.control"
+
+_D = ParameterType
+
+
+def _desc(description: str, type_: int, lo: float | None = None,
+          hi: float | None = None) -> ParameterDescriptor:
+    # Read-only: limits and rates are validated once at start; no run-time bypass.
+    descriptor = ParameterDescriptor(description=description, type=type_, read_only=True)
+    if lo is not None:
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=float(lo), to_value=float(hi), step=0.0)]
+    return descriptor
+
+
+# Every parameter of the node, in one place: name -> (default or type, descriptor).
+# The robot description has no defaults: robot constants live in config/, never in code.
+PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "robot.joint_names": (Parameter.Type.STRING_ARRAY, _desc(
+        "D names of the action vector, in model order", _D.PARAMETER_STRING_ARRAY)),
+    "robot.arms": (Parameter.Type.STRING_ARRAY, _desc(
+        "follower arm namespaces (one command group each)", _D.PARAMETER_STRING_ARRAY)),
+    "robot.arm_prefixes": (Parameter.Type.STRING_ARRAY, _desc(
+        "vector-name prefix of each arm, in robot.arms order", _D.PARAMETER_STRING_ARRAY)),
+    "robot.arm_joint_names": (Parameter.Type.STRING_ARRAY, _desc(
+        "driver joint names of one arm (without gripper)", _D.PARAMETER_STRING_ARRAY)),
+    "robot.gripper_joint_name": (Parameter.Type.STRING, _desc(
+        "driver name of the gripper joint", _D.PARAMETER_STRING)),
+    "robot.gripper_open_position": (Parameter.Type.DOUBLE, _desc(
+        "driver gripper position that normalizes to 1 (open)", _D.PARAMETER_DOUBLE)),
+    "robot.gripper_close_position": (Parameter.Type.DOUBLE, _desc(
+        "driver gripper position that normalizes to 0 (closed)", _D.PARAMETER_DOUBLE)),
+    "robot.position_min": (Parameter.Type.DOUBLE_ARRAY, _desc(
+        "lower position limit per vector element (clamp)", _D.PARAMETER_DOUBLE_ARRAY)),
+    "robot.position_max": (Parameter.Type.DOUBLE_ARRAY, _desc(
+        "upper position limit per vector element (clamp)", _D.PARAMETER_DOUBLE_ARRAY)),
+    "robot.max_velocity": (Parameter.Type.DOUBLE_ARRAY, _desc(
+        "maximum command speed per element, units/s (per tick: / control_rate_hz)",
+        _D.PARAMETER_DOUBLE_ARRAY)),
+    "robot.joint_states_topic_suffix": ("joint_states", _desc(
+        "joint states topic of each arm: /<arm>/<suffix>", _D.PARAMETER_STRING)),
+    "chunk_topic": ("/vla/action_chunk", _desc(
+        "vla_msgs/ActionChunk input", _D.PARAMETER_STRING)),
+    "status_topic": ("/vla/executor_status", _desc(
+        "vla_msgs/ExecutorStatus output (the policy's demand signal)", _D.PARAMETER_STRING)),
+    "control_rate_hz": (50.0, _desc("control ticks per second", _D.PARAMETER_DOUBLE, 1, 5000)),
+    "status_rate_hz": (10.0, _desc("status messages per second", _D.PARAMETER_DOUBLE, 0.1, 1000)),
+    "merge_strategy": ("crossfade", _desc(
+        "how overlapping chunks merge: replace | crossfade | temporal_ensemble",
+        _D.PARAMETER_STRING)),
+    "crossfade_window": (0.2, _desc(
+        "seconds over which a new chunk fades in (crossfade)", _D.PARAMETER_DOUBLE, 0, 10)),
+    "temporal_ensemble_k": (0.01, _desc(
+        "k of the ACT weights exp(-k*i), oldest prediction weighs most",
+        _D.PARAMETER_DOUBLE, 0, 100)),
+    "stale_timeout": (0.2, _desc(
+        "seconds without a valid target before holding the last command",
+        _D.PARAMETER_DOUBLE, 0.001, 60)),
+    "joint_state_timeout": (1.0, _desc(
+        "joint states older than this (s) are not used for the start-up ramp",
+        _D.PARAMETER_DOUBLE, 0.001, 60)),
+    "max_future_stamp": (0.5, _desc(
+        "reject chunks stamped more than this (s) ahead of this node's clock",
+        _D.PARAMETER_DOUBLE, 0.001, 60)),
+    "log_interval": (1.0, _desc(
+        "minimum seconds between two warnings of the same kind", _D.PARAMETER_DOUBLE, 0, 3600)),
+    "output_type": ("interbotix", _desc(
+        "command output of every arm: interbotix | joint_trajectory | float64_array",
+        _D.PARAMETER_STRING)),
+    "output_types": (Parameter.Type.STRING_ARRAY, _desc(
+        "optional per-arm override of output_type, in robot.arms order",
+        _D.PARAMETER_STRING_ARRAY)),
+    "interbotix.group_topic": ("/{arm}/commands/joint_group", _desc(
+        "JointGroupCommand topic pattern ({arm} is replaced)", _D.PARAMETER_STRING)),
+    "interbotix.single_topic": ("/{arm}/commands/joint_single", _desc(
+        "JointSingleCommand (gripper) topic pattern", _D.PARAMETER_STRING)),
+    "interbotix.group_name": ("arm", _desc(
+        "JointGroupCommand.name of the arm group", _D.PARAMETER_STRING)),
+    "interbotix.gripper_name": ("gripper", _desc(
+        "JointSingleCommand.name of the gripper", _D.PARAMETER_STRING)),
+    "joint_trajectory.topic": ("/{arm}/arm_controller/joint_trajectory", _desc(
+        "JointTrajectory topic pattern (joint_trajectory_controller)", _D.PARAMETER_STRING)),
+    "joint_trajectory.joint_name_format": ("{joint}", _desc(
+        "controller joint names, from {arm} and {joint} (driver name)", _D.PARAMETER_STRING)),
+    "joint_trajectory.time_from_start": (0.0, _desc(
+        "time_from_start of the streamed point, s (0: one control period)",
+        _D.PARAMETER_DOUBLE, 0, 10)),
+    "float64_array.topic": ("/{arm}/forward_position_controller/commands", _desc(
+        "Float64MultiArray topic pattern (forward_command_controller)", _D.PARAMETER_STRING)),
+    "include_gripper": (True, _desc(
+        "joint_trajectory / float64_array: append the gripper (driver units) to each arm",
+        _D.PARAMETER_BOOL)),
+}
+
+
+class _RosLogHandler(logging.Handler):
+    """Forwards the core's Python log records to the node's ROS logger."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(logging.INFO)
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self._logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(message)
+        else:
+            self._logger.info(message)
+
+
+class RosTimeSource:
+    """The node's clock (ROS time: wall or /clock) for :class:`ControlClock`.
+
+    Sleeps wake on the deadline, on any time jump (each /clock message, a backward reset,
+    sim time being switched on) and on :meth:`stop`.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._clock = node.get_clock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._jumped_back = False
+        threshold = JumpThreshold(min_forward=Duration(nanoseconds=1),
+                                  min_backward=Duration(nanoseconds=-1), on_clock_change=True)
+        self._jump_handle = self._clock.create_jump_callback(
+            threshold, post_callback=self._on_jump)
+
+    def _on_jump(self, jump: Any) -> None:
+        if jump.delta.nanoseconds < 0:
+            self._jumped_back = True
+        self._wake.set()
+
+    def now(self) -> float:
+        return self._clock.now().nanoseconds * 1e-9
+
+    def sleep_until(self, deadline: float) -> bool:
+        until = int(round(deadline * 1e9))
+        while not self._stop.is_set():
+            if self._jumped_back:
+                self._jumped_back = False
+                return True
+            now = self._clock.now().nanoseconds
+            if now >= until:
+                return True
+            self._wake.clear()
+            if self._clock.ros_time_is_active:
+                # Simulated time advances only with /clock messages, which set _wake.
+                self._wake.wait(0.1)
+            else:
+                self._wake.wait((until - now) * 1e-9)
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def close(self) -> None:
+        self._jump_handle.unregister()
+
+
+class ChunkExecutorNode(Node):
+    """The ROS side of the executor (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        params = self._declare_parameters()
+        self._attach_core_logging()
+        self.robot = RobotConfig.from_params(params)
+        self.config = ExecutorConfig.from_params(params)
+        self.core = ExecutorCore(self.robot, self.config)
+        self._log = ThrottledLogger(logging.getLogger(CORE_LOGGER + ".node"),
+                                    self.config.log_interval)
+        self._outputs = self._create_outputs(params)
+
+        self.create_subscription(ActionChunkMsg, params["chunk_topic"], self._on_chunk,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        suffix = self.robot.joint_states_topic_suffix
+        for arm in self.robot.arms:
+            # Sensor-data QoS (best effort) matches reliable and best-effort drivers alike.
+            self.create_subscription(JointState, f"/{arm}/{suffix}",
+                                     lambda msg, arm=arm: self._on_joint_state(arm, msg),
+                                     qos_profile_sensor_data)
+        self._status_pub = self.create_publisher(ExecutorStatus, params["status_topic"], 10)
+        self.create_timer(1.0 / params["status_rate_hz"], self._publish_status)
+        for name, handler in (("~/pause", self.core.pause), ("~/resume", self.core.resume),
+                              ("~/stop", self.core.stop)):
+            self.create_service(Trigger, name, self._trigger(handler))
+
+        self._time = RosTimeSource(self)
+        self.control_clock = ControlClock(self._time, self.config.control_rate_hz)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._control_loop, name="control",
+                                        daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"executing chunks from {params['chunk_topic']} at {self.config.control_rate_hz} Hz, "
+            f"merge {self.config.merge.strategy.value}, outputs "
+            f"{ {arm: kind for arm, (kind, _) in self._outputs.items()} }")
+
+    # ------------------------------------------------------------------ setup
+    def _declare_parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+            try:
+                params[name] = self.get_parameter(name).value
+            except ParameterUninitializedException:
+                params[name] = None
+        missing = [n for n, v in params.items() if v is None and n.startswith("robot.")]
+        if missing:
+            raise ValueError(
+                f"missing parameters {missing}: pass --params-file config/aloha.yaml")
+        MergeStrategy.parse(params["merge_strategy"])
+        return params
+
+    def _attach_core_logging(self) -> None:
+        core_logger = logging.getLogger(CORE_LOGGER)
+        core_logger.setLevel(logging.INFO)
+        core_logger.propagate = False
+        core_logger.handlers = [h for h in core_logger.handlers
+                                if not isinstance(h, _RosLogHandler)]
+        core_logger.addHandler(_RosLogHandler(self))
+
+    def _create_outputs(self, params: dict[str, Any]) -> dict[str, tuple[str, Callable]]:
+        arms = self.robot.arms
+        kinds = params["output_types"] or [params["output_type"]] * len(arms)
+        if len(kinds) != len(arms):
+            raise ValueError(f"output_types {kinds} must name one output per arm {list(arms)}")
+        outputs: dict[str, tuple[str, Callable]] = {}
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        period = 1.0 / self.config.control_rate_hz
+        for arm, kind in zip(arms, kinds):
+            if kind not in OUTPUT_TYPES:
+                raise ValueError(f"unknown output type {kind!r} for {arm}; "
+                                 f"expected one of {OUTPUT_TYPES}")
+            if kind == "interbotix":
+                outputs[arm] = (kind, self._interbotix_output(arm, params, reliable))
+            elif kind == "joint_trajectory":
+                outputs[arm] = (kind, self._trajectory_output(arm, params, reliable, period))
+            else:
+                outputs[arm] = (kind, self._array_output(arm, params, reliable))
+        return outputs
+
+    def _interbotix_output(self, arm: str, params: dict[str, Any],
+                           qos: QoSProfile) -> Callable[[ArmCommand], None]:
+        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+        group = self.create_publisher(
+            JointGroupCommand, params["interbotix.group_topic"].format(arm=arm), qos)
+        single = self.create_publisher(
+            JointSingleCommand, params["interbotix.single_topic"].format(arm=arm), qos)
+        group_name, gripper_name = params["interbotix.group_name"], params[
+            "interbotix.gripper_name"]
+
+        def publish(command: ArmCommand) -> None:
+            group.publish(JointGroupCommand(name=group_name, cmd=command.positions.tolist()))
+            if command.gripper_position is not None:
+                single.publish(JointSingleCommand(name=gripper_name,
+                                                  cmd=command.gripper_position))
+        return publish
+
+    def _trajectory_output(self, arm: str, params: dict[str, Any], qos: QoSProfile,
+                           period: float) -> Callable[[ArmCommand], None]:
+        publisher = self.create_publisher(
+            JointTrajectory, params["joint_trajectory.topic"].format(arm=arm), qos)
+        fmt = params["joint_trajectory.joint_name_format"]
+        include_gripper = params["include_gripper"]
+        time_from_start = seconds_to_duration(
+            params["joint_trajectory.time_from_start"] or period)
+
+        def publish(command: ArmCommand) -> None:
+            names = list(command.joint_names)
+            positions = command.positions.tolist()
+            if include_gripper and command.gripper_position is not None:
+                names.append(command.gripper_name)
+                positions.append(command.gripper_position)
+            msg = JointTrajectory()
+            # A zero stamp means "start now" to joint_trajectory_controller.
+            msg.joint_names = [fmt.format(arm=arm, joint=name) for name in names]
+            msg.points = [JointTrajectoryPoint(positions=positions,
+                                               time_from_start=time_from_start)]
+            publisher.publish(msg)
+        return publish
+
+    def _array_output(self, arm: str, params: dict[str, Any],
+                      qos: QoSProfile) -> Callable[[ArmCommand], None]:
+        publisher = self.create_publisher(
+            Float64MultiArray, params["float64_array.topic"].format(arm=arm), qos)
+        include_gripper = params["include_gripper"]
+
+        def publish(command: ArmCommand) -> None:
+            data = command.positions.tolist()
+            if include_gripper and command.gripper_position is not None:
+                data.append(command.gripper_position)
+            publisher.publish(Float64MultiArray(data=data))
+        return publish
+
+    # ------------------------------------------------------------------ callbacks
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_chunk(self, msg: ActionChunkMsg) -> None:
+        try:
+            chunk = action_chunk_from_msg(msg)
+        except (ChunkError, ValueError, TypeError) as exc:
+            self.core.reject_chunk(int(msg.chunk_id), str(exc))
+            return
+        self.core.submit_chunk(chunk, self._now())
+
+    def _on_joint_state(self, arm: str, msg: JointState) -> None:
+        self.core.update_joint_state(arm, msg.name, msg.position, self._now())
+
+    def _trigger(self, handler: Callable[[], tuple[bool, str]]) -> Callable:
+        def serve(request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+            response.success, response.message = handler()
+            self.get_logger().info(f"service: {response.message}")
+            return response
+        return serve
+
+    # ------------------------------------------------------------------ control loop
+    def _control_loop(self) -> None:
+        try:
+            for tick in self.control_clock.ticks(self._stop):
+                try:
+                    command = self.core.tick(tick.time)
+                    if command is None:
+                        continue
+                    for arm_command in self.core.arms.split(command):
+                        self._outputs[arm_command.arm][1](arm_command)
+                except Exception as exc:  # noqa: BLE001 - the loop must survive and hold
+                    if not rclpy.ok(context=self.context):
+                        return
+                    self._log.warning("tick_error", f"control tick failed: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - reported; the node shuts down its loop
+            if rclpy.ok(context=self.context):
+                self.get_logger().error(f"control loop ended: {exc!r}")
+
+    def _publish_status(self) -> None:
+        now = self._now()
+        snap = self.core.snapshot(now)
+        c = snap.counters
+        msg = ExecutorStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.state = int(snap.state)
+        msg.state_name = snap.state.name.lower()
+        msg.remaining_horizon = seconds_to_duration(snap.remaining_horizon)
+        msg.remaining_steps = snap.remaining_steps
+        msg.last_chunk_id = snap.last_chunk_id
+        msg.ticks = c.ticks
+        msg.starved_ticks = c.starved_ticks
+        msg.clamped_commands = c.clamped_commands
+        msg.rate_limited_commands = c.rate_limited_commands
+        msg.accepted_chunks = c.accepted_chunks
+        msg.rejected_chunks = c.rejected_chunks
+        msg.achieved_rate_hz = self.control_clock.achieved_rate(now)
+        msg.control_rate_hz = self.config.control_rate_hz
+        self._status_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._time.stop()
+        self._thread.join(timeout=2.0)
+        self._time.close()
+        logging.getLogger(CORE_LOGGER).handlers = [
+            h for h in logging.getLogger(CORE_LOGGER).handlers
+            if not isinstance(h, _RosLogHandler)]
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``chunk_executor``; returns 1 when the configuration is invalid."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = ChunkExecutorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        # A bad configuration: one clear line, no traceback, nothing published.
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
+        code = 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
