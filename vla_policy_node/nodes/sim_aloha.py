@@ -1,0 +1,357 @@
+"""``sim_aloha`` node: a simulated bimanual ALOHA that looks like the real one on the ROS graph.
+
+Thin plumbing around :class:`vla_policy_node.sim.AlohaSim`:
+
+* publishes the cameras (``cameras.topics``, sensor_msgs/Image rgb8, at ``camera_rate_hz`` of
+  simulated time; a camera is rendered only while someone subscribes to it),
+  ``/<arm>/joint_states`` with the Interbotix driver's names and units (``joint_state_rate_hz``),
+  ``/clock`` (``publish_clock``), the task's stage reward and success;
+* consumes the Interbotix commands the executor sends to a real ALOHA:
+  ``/<arm>/commands/joint_group`` (JointGroupCommand ``arm``, 6 joints) and
+  ``/<arm>/commands/joint_single`` (JointSingleCommand ``gripper`` in driver radians, or one arm
+  joint); they become the position actuators' targets. Bad commands are logged and counted,
+  never applied;
+* serves ``~/reset`` (std_srvs/Trigger): a new episode of the ``task`` parameter (settable at run
+  time) with the next seed.
+
+Time: the node owns simulated time. It steps the physics at ``physics_rate_hz`` and publishes
+``/clock``; every other node runs with ``use_sim_time``. With ``real_time_factor`` r > 0 it paces
+to r simulated seconds per wall second when it is faster; when it is slower, simulated time
+simply runs slower. Stamps are simulated time.
+
+Run: ``python -m vla_policy_node.nodes.sim_aloha --ros-args --params-file config/aloha.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import SetParametersResult
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64
+from std_srvs.srv import Trigger
+
+from vla_policy_node.config import RobotConfig
+from vla_policy_node.nodes.conversions import seconds_to_time
+from vla_policy_node.nodes.parameters import (
+    declare_parameters, ParameterSpec, robot_parameter_specs)
+from vla_policy_node.sim import AlohaSim, SimConfig, SimError, TASKS
+
+NODE_NAME = "sim_aloha"
+_STRINGS = Parameter.Type.STRING_ARRAY
+
+SIM_PARAMETERS = (
+    ParameterSpec("task", "transfer_cube", f"Task of the next reset: one of {list(TASKS)}."),
+    ParameterSpec("cameras.names", None, "Published cameras (ALOHA names).", type_=_STRINGS),
+    ParameterSpec("cameras.sim_names", None, "MuJoCo camera of each published camera.",
+                  type_=_STRINGS),
+    ParameterSpec("cameras.topics", None, "Image topic of each camera.", type_=_STRINGS),
+    ParameterSpec("camera_height", 480, "Image height (pixels).", (8, 4096)),
+    ParameterSpec("camera_width", 640, "Image width (pixels).", (8, 4096)),
+    ParameterSpec("camera_rate_hz", 10.0, "Camera frames per simulated second.", (0.1, 1000.0)),
+    ParameterSpec("physics_rate_hz", 50.0, "Control steps per simulated second.", (1.0, 1000.0)),
+    ParameterSpec("joint_state_rate_hz", 50.0, "Joint states per simulated second.",
+                  (0.1, 1000.0)),
+    ParameterSpec("publish_clock", True, "Publish /clock from simulated time."),
+    ParameterSpec("real_time_factor", 1.0,
+                  "Simulated seconds per wall second at most (0: as fast as possible).",
+                  (0.0, 1000.0)),
+    ParameterSpec("seed", 0, "Object placement seed of the first episode (-1: random).",
+                  (-1, 2**31 - 1)),
+    ParameterSpec("reward_topic", "/sim/reward", "Stage reward (std_msgs/Float64, 0..4)."),
+    ParameterSpec("success_topic", "/sim/success",
+                  "Success since the last reset (std_msgs/Bool)."),
+    ParameterSpec("group_topic", "/{arm}/commands/joint_group", "JointGroupCommand per arm."),
+    ParameterSpec("single_topic", "/{arm}/commands/joint_single",
+                  "JointSingleCommand per arm."),
+    ParameterSpec("group_name", "arm", "Group name accepted in JointGroupCommand."),
+    ParameterSpec("gripper_name", "gripper", "Joint name of the gripper in JointSingleCommand."),
+    ParameterSpec("sim.finger_open_position", 0.058, "Simulated finger slide (m) when open."),
+    ParameterSpec("sim.finger_close_position", 0.01844,
+                  "Simulated finger slide (m) when closed."),
+    ParameterSpec("sim.shadows", False, "Render shadows (slow in software GL)."),
+    ParameterSpec("sim.reflections", False, "Render reflections (slow in software GL)."),
+)
+
+
+class SimAlohaNode(Node):
+    """The simulated ALOHA; :meth:`run` steps it until :meth:`stop` (on its own thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        params = declare_parameters(self, robot_parameter_specs() + SIM_PARAMETERS)
+        self.params = params
+        self.robot = RobotConfig.from_params(params)
+        try:
+            self.sim = AlohaSim(self.robot, SimConfig.from_params(params))
+        except SimError as exc:
+            raise ValueError(str(exc)) from exc
+        names, sim_names, topics = (params["cameras.names"], params["cameras.sim_names"],
+                                    params["cameras.topics"])
+        if not len(names) == len(sim_names) == len(topics):
+            raise ValueError(f"cameras.names {names}, cameras.sim_names {sim_names} and "
+                             f"cameras.topics {topics} must have the same length")
+        unknown = [c for c in sim_names if c not in self.sim.cameras]
+        if unknown:
+            raise ValueError(f"cameras.sim_names {unknown} are not cameras of the simulation "
+                             f"(it has {list(self.sim.cameras)})")
+        self.dt = self.sim.config.control_period
+        self.rtf = float(params["real_time_factor"])
+        seed = int(params["seed"])
+        self._next_seed: int | None = None if seed < 0 else seed
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.sim_time = 0.0
+        self.counters = {"steps": 0, "group_commands": 0, "single_commands": 0,
+                         "rejected_commands": 0, "frames": 0, "resets": 0}
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        images_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self._cameras = [(name, sim_name, self.create_publisher(Image, topic, images_qos))
+                         for name, sim_name, topic in zip(names, sim_names, topics)]
+        suffix = self.robot.joint_states_topic_suffix
+        self._joint_pubs = [self.create_publisher(JointState, f"/{arm}/{suffix}", reliable)
+                            for arm in self.robot.arms]
+        self._clock_pub = (self.create_publisher(Clock, "/clock", reliable)
+                           if params["publish_clock"] else None)
+        self._reward_pub = self.create_publisher(Float64, params["reward_topic"], reliable)
+        self._success_pub = self.create_publisher(Bool, params["success_topic"], reliable)
+
+        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+        groups = self.robot.arm_group_indices()
+        for arm in self.robot.arms:
+            group = groups[arm]
+            self.create_subscription(
+                JointGroupCommand, params["group_topic"].format(arm=arm),
+                lambda msg, arm=arm, group=group: self._on_group(arm, group, msg), reliable)
+            self.create_subscription(
+                JointSingleCommand, params["single_topic"].format(arm=arm),
+                lambda msg, arm=arm, group=group: self._on_single(arm, group, msg), reliable)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._reset_episode()
+        self.get_logger().info(
+            f"simulating ALOHA {self.sim.task} at {1 / self.dt:.0f} Hz, cameras "
+            f"{[c[0] for c in self._cameras]} at {params['camera_height']}x"
+            f"{params['camera_width']} {params['camera_rate_hz']} Hz, real-time factor "
+            f"{self.rtf or 'unbounded'}, /clock {'on' if self._clock_pub else 'off'}")
+
+    # ------------------------------------------------------------------ commands
+    def _reject(self, arm: str, reason: str) -> None:
+        self.counters["rejected_commands"] += 1
+        self.get_logger().warning(
+            f"rejected command for {arm}: {reason} "
+            f"({self.counters['rejected_commands']} rejected so far)",
+            throttle_duration_sec=1.0)
+
+    def _on_group(self, arm: str, group: dict[str, Any], msg: Any) -> None:
+        if msg.name != self.params["group_name"]:
+            self._reject(arm, f"group {msg.name!r} is not {self.params['group_name']!r}")
+            return
+        cmd = np.asarray(msg.cmd, dtype=np.float64)
+        indices = group["joint_indices"]
+        if cmd.shape != (len(indices),):
+            self._reject(arm, f"{cmd.size} values for the {len(indices)} joints of the group")
+            return
+        if not np.all(np.isfinite(cmd)):
+            self._reject(arm, f"non-finite joint command {cmd.tolist()}")
+            return
+        with self._lock:
+            self._target[indices] = cmd
+            self.counters["group_commands"] += 1
+
+    def _on_single(self, arm: str, group: dict[str, Any], msg: Any) -> None:
+        if not math.isfinite(msg.cmd):
+            self._reject(arm, f"non-finite command {msg.cmd} for {msg.name!r}")
+            return
+        if msg.name == self.params["gripper_name"]:
+            index = group["gripper_index"]
+            value = float(self.robot.normalize_gripper(float(msg.cmd)))
+        elif msg.name in group["driver_joint_names"]:
+            index = group["joint_indices"][group["driver_joint_names"].index(msg.name)]
+            value = float(msg.cmd)
+        else:
+            self._reject(arm, f"unknown joint {msg.name!r}")
+            return
+        with self._lock:
+            self._target[index] = value
+            self.counters["single_commands"] += 1
+
+    # ------------------------------------------------------------------ episodes
+    def _reset_episode(self) -> str:
+        """Reset the sim (caller holds no lock); returns a description of the episode."""
+        task = self.get_parameter("task").value
+        with self._lock:
+            self.sim.reset(task, seed=self._next_seed)
+            self._target = self.sim.target
+            seed = self._next_seed
+            if self._next_seed is not None:
+                self._next_seed += 1
+            self.counters["resets"] += 1
+        return f"task {task}, seed {seed if seed is not None else 'random'}"
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        try:
+            response.message = self._reset_episode()
+            response.success = True
+            self.get_logger().info(f"reset: {response.message}")
+        except SimError as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().error(f"reset failed: {exc}")
+        return response
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name == "task" and parameter.value not in TASKS:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"unknown task {parameter.value!r}; expected one of {list(TASKS)}")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ loop
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Step, publish and pace until :meth:`stop`."""
+        camera_period = 1.0 / self.params["camera_rate_hz"]
+        joint_period = 1.0 / self.params["joint_state_rate_hz"]
+        self._next_camera = self._next_joints = 0.0
+        wall_start, sim_start = time.monotonic(), self.sim_time
+        last_report = time.monotonic()
+        while not self._stop.is_set() and self.context.ok():
+            try:
+                self._step_and_publish(camera_period, joint_period)
+            except Exception:
+                if not self.context.ok():
+                    break  # shut down (Ctrl-C) while publishing
+                raise
+            if self.rtf > 0:
+                # Pace to wall time when faster; when slower, let simulated time lag (no burst
+                # of catch-up steps).
+                ahead = (self.sim_time - sim_start) / self.rtf - (time.monotonic() - wall_start)
+                if ahead > 0:
+                    self._stop.wait(ahead)
+                elif ahead < -0.5:
+                    wall_start, sim_start = time.monotonic(), self.sim_time
+            if time.monotonic() - last_report > 10.0:
+                last_report = time.monotonic()
+                self.get_logger().info(f"sim time {self.sim_time:.1f} s, {self.counters}")
+
+    def _step_and_publish(self, camera_period: float, joint_period: float) -> None:
+        """One control step, then whatever is due at the new simulated time."""
+        with self._lock:
+            target = self._target.copy()
+            try:
+                self.sim.step(target)
+            except SimError as exc:  # cannot happen with validated commands; never crash
+                self.get_logger().error(f"step rejected: {exc}", throttle_duration_sec=1.0)
+                self.sim.step()
+            self.sim_time += self.dt
+            now = self.sim_time
+            stamp = seconds_to_time(now)
+            if self._clock_pub is not None:
+                self._clock_pub.publish(Clock(clock=stamp))
+            if now + 1e-9 >= self._next_joints:
+                self._next_joints = max(self._next_joints + joint_period, now)
+                self._publish_joint_states(stamp)
+            if now + 1e-9 >= self._next_camera:
+                self._next_camera = max(self._next_camera + camera_period, now)
+                self._publish_cameras(stamp)
+            self.counters["steps"] += 1
+
+    def _publish_joint_states(self, stamp: Any) -> None:
+        for publisher, state in zip(self._joint_pubs, self.sim.driver_joint_states()):
+            msg = JointState()
+            msg.header.stamp = stamp
+            msg.name = state["name"]
+            msg.position = state["position"].tolist()
+            msg.velocity = state["velocity"].tolist()
+            msg.effort = state["effort"].tolist()
+            publisher.publish(msg)
+        self._reward_pub.publish(Float64(data=float(self.sim.reward)))
+        self._success_pub.publish(Bool(data=bool(self.sim.success)))
+
+    def _publish_cameras(self, stamp: Any) -> None:
+        # Render only what someone listens to: software rendering is the sim's main cost.
+        wanted = [(name, sim_name, pub) for name, sim_name, pub in self._cameras
+                  if pub.get_subscription_count() > 0]
+        if not wanted:
+            return
+        images = self.sim.render([sim_name for _, sim_name, _ in wanted])
+        for name, sim_name, publisher in wanted:
+            image = images[sim_name]
+            msg = Image()
+            msg.header.stamp = stamp
+            msg.header.frame_id = f"{name}_color_optical_frame"
+            msg.height, msg.width = image.shape[:2]
+            msg.encoding = "rgb8"
+            msg.is_bigendian = 0
+            msg.step = image.shape[1] * 3
+            msg.data = image.tobytes()
+            publisher.publish(msg)
+            self.counters["frames"] += 1
+
+    def destroy_node(self) -> None:
+        self.stop()
+        self.get_logger().info(f"stopped at sim time {self.sim_time:.2f} s, {self.counters}")
+        self.sim.close()
+        super().destroy_node()
+
+
+class _RosLogHandler(logging.Handler):
+    """Forwards the core's ``logging`` records to the node's ROS logger."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(
+            record.levelno, "error")
+        getattr(self._logger, level)(record.getMessage())
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``sim_aloha``; returns 1 when the configuration is invalid."""
+    rclpy.init(args=args)
+    node = None
+    loop = None
+    code = 0
+    try:
+        node = SimAlohaNode()
+        logging.getLogger("vla_policy_node.sim").addHandler(_RosLogHandler(node))
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, name="ros", daemon=True)
+        spinner.start()
+        loop = node
+        node.run()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
+        code = 1
+    finally:
+        if loop is not None:
+            loop.stop()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
