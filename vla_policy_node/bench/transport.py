@@ -50,7 +50,7 @@ def _publisher(streams: int, rate: float, width: int, height: int, duration: flo
                   for i in range(streams)]
     frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8).tobytes()
     messages = []
-    for i in range(streams):
+    for _ in range(streams):
         msg = Image(height=height, width=width, encoding="rgb8", step=width * 3)
         msg.data = frame
         messages.append(msg)
