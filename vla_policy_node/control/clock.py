@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 import math
+import os
 import threading
 import time
 from typing import Callable, Iterator, Protocol
@@ -30,6 +31,28 @@ class TimeSource(Protocol):
 
     def sleep_until(self, deadline: float) -> bool:
         """Sleep until ``deadline`` or a backward time jump; False on shutdown."""
+
+
+def set_realtime_priority(priority: int) -> str | None:
+    """Run the calling thread under SCHED_FIFO at ``priority`` (1-99); 0 leaves it alone.
+
+    A control loop sharing its cores with model inference wakes late when the scheduler
+    treats it like any other thread; real-time priority is what ros2_control uses. Returns
+    None on success (or priority 0), else why it could not (no CAP_SYS_NICE / rtprio limit),
+    so callers log it and carry on at normal priority.
+    """
+    if priority == 0:
+        return None
+    if not 1 <= priority <= 99:
+        raise ValueError(f"real-time priority must be 0 (off) or 1-99, got {priority}")
+    if not hasattr(os, "sched_setscheduler"):
+        return "SCHED_FIFO is not available on this platform"
+    try:
+        # pid 0 = the calling thread on Linux.
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, PermissionError) as exc:
+        return f"cannot set SCHED_FIFO priority {priority}: {exc}"
+    return None
 
 
 class MonotonicTimeSource:

@@ -61,6 +61,7 @@ class ExecutorConfig:
         max_future_stamp: chunks stamped more than this (s) ahead of the executor's clock are
             rejected (a clock mismatch, e.g. sim time on one side only).
         log_interval: minimum seconds between two log lines of the same kind.
+        realtime_priority: SCHED_FIFO priority of the control thread (0 = normal scheduling).
     """
 
     control_rate_hz: float = 50.0
@@ -69,6 +70,7 @@ class ExecutorConfig:
     joint_state_timeout: float = 1.0
     max_future_stamp: float = 0.5
     log_interval: float = 1.0
+    realtime_priority: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.control_rate_hz) and 0 < self.control_rate_hz <= 5000):
@@ -79,6 +81,10 @@ class ExecutorConfig:
                 raise ValueError(f"{name} must be > 0 seconds, got {value}")
         if not (math.isfinite(self.log_interval) and self.log_interval >= 0):
             raise ValueError(f"log_interval must be >= 0 seconds, got {self.log_interval}")
+        if int(self.realtime_priority) != self.realtime_priority or not (
+                0 <= self.realtime_priority <= 99):
+            raise ValueError(
+                f"realtime_priority must be 0 (off) or 1-99, got {self.realtime_priority}")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "ExecutorConfig":
@@ -99,7 +105,8 @@ class ExecutorConfig:
             stale_timeout=get("stale_timeout", defaults.stale_timeout),
             joint_state_timeout=get("joint_state_timeout", defaults.joint_state_timeout),
             max_future_stamp=get("max_future_stamp", defaults.max_future_stamp),
-            log_interval=get("log_interval", defaults.log_interval))
+            log_interval=get("log_interval", defaults.log_interval),
+            realtime_priority=int(params.get("realtime_priority", defaults.realtime_priority)))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import threading
 from typing import Any, Callable
 
 from rcl_interfaces.msg import (
-    FloatingPointRange, ParameterDescriptor, ParameterType)
+    FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
@@ -40,6 +40,7 @@ from vla_policy_node.chunk import ChunkError
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.control import (
     ArmCommand, ControlClock, ExecutorConfig, ExecutorCore, MergeStrategy)
+from vla_policy_node.control.clock import set_realtime_priority
 from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
 
@@ -111,6 +112,10 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
         _D.PARAMETER_DOUBLE, 0.001, 60)),
     "log_interval": (1.0, _desc(
         "minimum seconds between two warnings of the same kind", _D.PARAMETER_DOUBLE, 0, 3600)),
+    "realtime_priority": (0, ParameterDescriptor(
+        description="SCHED_FIFO priority of the control thread, 0 = normal scheduling",
+        type=_D.PARAMETER_INTEGER, read_only=True,
+        integer_range=[IntegerRange(from_value=0, to_value=99, step=1)])),
     "output_type": ("interbotix", _desc(
         "command output of every arm: interbotix | joint_trajectory | float64_array",
         _D.PARAMETER_STRING)),
@@ -235,6 +240,9 @@ class ChunkExecutorNode(Node):
                               ("~/stop", self.core.stop)):
             self.create_service(Trigger, name, self._trigger(handler))
 
+        # The control thread needs the GIL promptly when it wakes; Python's default 5 ms
+        # switch interval would let a busy callback delay a tick by that much.
+        sys.setswitchinterval(0.0005)
         self._time = RosTimeSource(self)
         self.control_clock = ControlClock(self._time, self.config.control_rate_hz)
         self._stop = threading.Event()
@@ -367,6 +375,10 @@ class ChunkExecutorNode(Node):
 
     # ------------------------------------------------------------------ control loop
     def _control_loop(self) -> None:
+        error = set_realtime_priority(self.config.realtime_priority)
+        if error is not None:
+            self.get_logger().warning(f"{error}; the control loop runs at normal priority "
+                                      "and may wake late under CPU load")
         try:
             for tick in self.control_clock.ticks(self._stop):
                 try:
