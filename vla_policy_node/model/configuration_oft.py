@@ -259,7 +259,7 @@ def _openvla_7b_towers() -> tuple[ViTConfig, ViTConfig, LlamaTextConfig]:
                        timm_id="vit_so400m_patch14_siglip_224")
     llm = LlamaTextConfig(hidden_size=4096, intermediate_size=11008, num_layers=32,
                           num_heads=32, num_kv_heads=32, vocab_size=32064,
-                          max_position_embeddings=2048, rms_norm_eps=1e-5)
+                          max_position_embeddings=2048, rms_norm_eps=1e-6)
     return dino, siglip, llm
 
 

@@ -71,6 +71,11 @@ class FusedVisionBackbone(nn.Module):
         super().__init__()
         self.config = config
         self.featurizer = build_dino(config.dino)
+        # timm's reg4 DINOv2 gives the class token no position embedding (no_embed_class);
+        # transformers adds row 0 to it. A zero row keeps the two identical (and official
+        # checkpoints, which have no such row, round-trip exactly).
+        with torch.no_grad():
+            self.featurizer.embeddings.position_embeddings[:, 0].zero_()
         self.fused_featurizer = build_siglip(config.siglip)
         if config.use_film:
             self.featurizer_film = nn.ModuleList(
