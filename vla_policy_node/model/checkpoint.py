@@ -232,10 +232,11 @@ def to_official_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
                 out[f"{prefix}blocks.{index}.{timm_name}{tail}"] = value
                 continue
             if dino:
+                proj = "embeddings.patch_embeddings.projection"
                 simple = {"embeddings.cls_token": "cls_token",
                           "embeddings.register_tokens": "reg_token",
-                          "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-                          "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+                          f"{proj}.weight": "patch_embed.proj.weight",
+                          f"{proj}.bias": "patch_embed.proj.bias",
                           "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
                 if k == "embeddings.position_embeddings":
                     out[prefix + "pos_embed"] = value[:, 1:]
