@@ -56,7 +56,8 @@ class ChildProcess:
 
     def output(self) -> str:
         """Everything the process printed so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def poll(self) -> int | None:
