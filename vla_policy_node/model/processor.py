@@ -318,5 +318,11 @@ class OFTProcessor:
         return batch
 
     def unnormalize_actions(self, normalized: np.ndarray) -> np.ndarray:
-        """(..., D) model output -> raw action units (float64)."""
-        return self.action_normalizer.unnormalize(normalized)
+        """(..., D) model output -> raw action units (float64).
+
+        Normalized outputs are clipped to [-1, 1] first (training targets never leave it), so
+        a chunk never leaves the dataset's action range; masked dims pass through."""
+        normalized = np.asarray(normalized, dtype=np.float64)
+        mask = self.action_normalizer.mask
+        return self.action_normalizer.unnormalize(
+            np.where(mask, np.clip(normalized, -1.0, 1.0), normalized))
