@@ -98,6 +98,7 @@ class VlaPolicyNode(Node):
         if self.policy.action_dim != self.robot.dim:
             raise ValueError(f"the model predicts {self.policy.action_dim}-d actions, "
                              f"robot.joint_names has {self.robot.dim}")
+        self._warm_up()
         self.store = ObservationStore(self.policy.camera_names, self.robot,
                                       p["max_observation_age"])
         self.counters = dict(chunks_published=0, inferences_skipped=0, rejected_images=0,
@@ -154,6 +155,14 @@ class VlaPolicyNode(Node):
                            device=p["device"], dtype=p["dtype"],
                            quantization=p["quantization"], unnorm_key=p["unnorm_key"] or None,
                            seed=p["seed"])
+
+    def _warm_up(self) -> None:
+        """One inference on blank inputs, so the first real chunk is not slowed by lazy
+        initialization (allocator, kernels) and arrives before its actions expire."""
+        images = {c: np.zeros((224, 224, 3), np.uint8) for c in self.policy.camera_names}
+        start = time.perf_counter()
+        self.policy.infer(images, np.zeros(self.policy.proprio_dim), "warm up")
+        self.get_logger().info(f"warm-up inference took {time.perf_counter() - start:.2f} s")
 
     # --- time -----------------------------------------------------------------------------
     def _now(self) -> float:
@@ -221,9 +230,13 @@ class VlaPolicyNode(Node):
             self._wake.clear()
             if self._stop.is_set():
                 break
+            if not self.context.ok():
+                break  # shutting down: nothing may be published any more
             try:
                 self._maybe_infer()
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                if not self.context.ok():
+                    break
                 self._count("inference_errors", f"inference failed: {exc!r}")
                 self.trigger.failed()
                 self._stop.wait(0.5)
