@@ -288,3 +288,31 @@ def test_controller_outputs_and_pause_resume_stop(robot, rclpy_context, spawn, t
         assert executor.poll() is None, executor.output()
     finally:
         driver.close()
+
+
+def test_wall_clock_mode_streams_commands(robot, rclpy_context, spawn, tmp_path):
+    """Without use_sim_time the node ticks on the wall ROS clock (no /clock publisher)."""
+    from interbotix_xs_msgs.msg import JointGroupCommand
+    from vla_policy_node.nodes.conversions import action_chunk_to_msg
+
+    executor = spawn(python_module("vla_policy_node.nodes.chunk_executor", "--ros-args",
+                                   "--params-file", str(params_file(tmp_path))),
+                     name="chunk_executor")
+    driver = Driver(rclpy_context, robot)
+    group = "/follower_right/commands/joint_group"
+    driver.listen(JointGroupCommand, group)
+    driver.pose = home(robot)
+    target = home(robot)
+    target[robot.joint_names.index("right_waist")] = 0.05
+    try:
+        def publish_and_check() -> bool:
+            now = driver.node.get_clock().now().nanoseconds * 1e-9
+            driver.chunk_pub.publish(action_chunk_to_msg(ActionChunk(
+                stamp=now, actions=np.tile(target, (25, 1)), joint_names=robot.joint_names,
+                step_period=0.04)))
+            return len(driver.received[group]) > 20
+        assert driver.wait_for(publish_and_check, wall_timeout=20.0), executor.output()
+        np.testing.assert_allclose(driver.last(group).cmd, target[7:13], atol=1e-5)
+        assert executor.poll() is None
+    finally:
+        driver.close()
