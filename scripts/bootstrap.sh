@@ -20,6 +20,22 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
 
+# System packages: a compiler and cmake build vla_msgs; EGL + Mesa render the simulator headless.
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v c++ >/dev/null || missing+=(g++)
+ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || missing+=(libegl1)
+ldconfig -p 2>/dev/null | grep -q 'libGLX_mesa.so.0\|libEGL_mesa.so.0' || missing+=(libgl1-mesa-dri libegl-mesa0)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing system packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "[bootstrap] missing system packages; run: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
   "$PYTHON" -m venv "$VENV"
