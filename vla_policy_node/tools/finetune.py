@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-episodes", type=int, default=1, help="episodes held out")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps")
     p.add_argument("--merge-lora", action="store_true",
-                   help="merge LoRA into the weights of the final checkpoint")
+                   help="(always done now: OUT/checkpoint holds merged weights; the "
+                        "adapters stay in OUT/train_state)")
     p.add_argument("--unnorm-key", default=None, help="dataset key of the statistics")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")

@@ -53,7 +53,8 @@ class TrainConfig:
         save_every: checkpoint every N steps (0: only at the end).
         keep_states: training states kept on disk.
         val_episodes / val_every / val_batches: held-out episodes and validation cadence.
-        merge_lora: merge the adapters into the weights of the final checkpoint.
+        merge_lora: kept for old configs; the final checkpoint is always merged (our
+            format holds plain weights; the adapters stay in train_state/).
         unnorm_key: dataset key of the statistics (default: the only one).
         bf16: autocast on CUDA (None: when on CUDA).
     """
@@ -297,9 +298,12 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
     checkpoint = None
     if step >= config.steps and rank == 0:
         _save_state(output_dir, step, model, optimizer, scheduler, config, losses, val_losses)
-        if config.merge_lora and config.lora_rank > 0:
+        if config.lora_rank > 0:
+            # Our checkpoint format holds plain weights only (the policy node loads it with
+            # no peft): fold the adapters in. The unmerged adapters stay in train_state/.
             from vla_policy_node.model.lora import merge_lora
-            merge_lora(policy)
+            merged = merge_lora(policy)
+            logger.info("merged %d LoRA layers into the final checkpoint", merged)
         checkpoint = Path(policy.save_pretrained(output_dir / FINAL_DIR))
         (output_dir / "training_log.json").write_text(json.dumps(
             {"losses": losses, "val_losses": val_losses, "config": asdict(config)},
