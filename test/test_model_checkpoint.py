@@ -70,7 +70,8 @@ def test_official_layout_reload_gives_identical_outputs(tmp_path, preset):
     names = {p.name for p in tmp_path.iterdir()}
     assert "model.safetensors.index.json" in names and "config.json" in names
     if preset != "tiny-discrete":
-        assert {"action_head--5000_checkpoint.pt", "proprio_projector--5000_checkpoint.pt"} <= names
+        assert {"action_head--5000_checkpoint.pt",
+                "proprio_projector--5000_checkpoint.pt"} <= names
     if policy.config.use_film:
         assert "vision_backbone--5000_checkpoint.pt" in names
     # The files really use the official (timm / DDP) names.
@@ -117,7 +118,8 @@ def test_key_mapping_splits_fused_qkv_and_layerscale():
     assert list(ls) == ["vision_backbone.featurizer.encoder.layer.0.layer_scale2.lambda1"]
     sig = dict(map_official_key("vision_backbone.fused_featurizer.blocks.1.attn.proj.bias",
                                 torch.ones(4)))
-    assert list(sig) == ["vision_backbone.fused_featurizer.encoder.layers.1.self_attn.out_proj.bias"]
+    assert list(sig) == [
+        "vision_backbone.fused_featurizer.encoder.layers.1.self_attn.out_proj.bias"]
     assert map_official_key("vision_backbone.fused_featurizer.attn_pool.q.weight",
                             torch.ones(1)) == []
     with pytest.raises(CheckpointError, match="unknown official key 'foo.bar'"):

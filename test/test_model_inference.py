@@ -126,5 +126,6 @@ def test_config_validation_names_bad_values():
     with pytest.raises(ValueError, match="unknown preset"):
         load_policy(preset="huge")
     seven = get_preset("openvla-7b")
-    assert (seven.vision_width, seven.projector_hidden, seven.llm.vocab_size) == (2176, 8704, 32064)
+    assert (seven.vision_width, seven.projector_hidden) == (2176, 8704)
+    assert seven.llm.vocab_size == 32064
     assert seven.patches_per_image * seven.num_images == 768
