@@ -8,6 +8,7 @@ chunk stamped with the capture time of the observation it was predicted from.
 from __future__ import annotations
 
 from collections import deque
+import os
 import threading
 import time
 from typing import Any
@@ -64,6 +65,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
                   (0.01, 100.0)),
     ParameterSpec("status_period", 1.0, "Seconds between PolicyStatus messages.", (0.05, 60.0)),
     ParameterSpec("seed", 0, "Seed of the random weights of a preset.", (0, 2**31 - 1)),
+    ParameterSpec("torch_threads", 0, "CPU threads of torch; 0: half the cores (the rest "
+                  "stay free for the executor, cameras and DDS).", (0, 256)),
 )
 
 INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
@@ -146,8 +149,12 @@ class VlaPolicyNode(Node):
         return self.params["checkpoint"] or f"preset:{self.params['preset']}"
 
     def _load_policy(self) -> Any:
+        import torch
+
         from vla_policy_node.model import load_policy
         p = self.params
+        threads = p["torch_threads"] or max(1, (os.cpu_count() or 2) // 2)
+        torch.set_num_threads(threads)
         self.get_logger().info(f"loading model {p['checkpoint'] or 'preset ' + p['preset']} "
                                f"on {p['device']} ({p['dtype']}, quantization "
                                f"{p['quantization']})")
