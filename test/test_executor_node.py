@@ -180,6 +180,7 @@ def test_interbotix_commands_rate_and_bad_input(robot, rclpy_context, spawn, tmp
         driver.advance(0.5, chunk_every=0.25, target=target)
         assert not driver.received[group]
         assert driver.status.state == 0  # IDLE
+        assert driver.status.rejected_joint_states > 0  # counted, never silent
 
         # 2. Valid joint states: ramp, then play the chunks.
         driver.nan_arm = None

@@ -412,6 +412,7 @@ class ChunkExecutorNode(Node):
         msg.rate_limited_commands = c.rate_limited_commands
         msg.accepted_chunks = c.accepted_chunks
         msg.rejected_chunks = c.rejected_chunks
+        msg.rejected_joint_states = c.rejected_joint_states
         msg.achieved_rate_hz = self.control_clock.achieved_rate(now)
         msg.control_rate_hz = self.config.control_rate_hz
         self._status_pub.publish(msg)
