@@ -45,15 +45,3 @@ def test_time_conversions():
         conv.seconds_to_time(-1.0)
     with pytest.raises(ValueError, match="finite"):
         conv.seconds_to_duration(float("inf"))
-
-
-def test_joint_positions_picks_and_validates():
-    names, positions = ["x", "waist", "gripper"], [9.0, 0.5, 1.2]
-    np.testing.assert_array_equal(
-        conv.joint_positions(names, positions, ["gripper", "waist"]), [1.2, 0.5])
-    with pytest.raises(ValueError, match="lacks joints"):
-        conv.joint_positions(names, positions, ["elbow"])
-    with pytest.raises(ValueError, match="non-finite"):
-        conv.joint_positions(names, [0.0, float("nan"), 1.0], ["waist"])
-    with pytest.raises(ValueError, match="names but"):
-        conv.joint_positions(names, [0.0], ["waist"])

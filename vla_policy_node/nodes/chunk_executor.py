@@ -25,7 +25,6 @@ import rclpy
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
@@ -43,6 +42,7 @@ from vla_policy_node.control import (
 from vla_policy_node.control.clock import set_realtime_priority
 from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
+from vla_policy_node.nodes.runner import run_node
 
 NODE_NAME = "chunk_executor"
 OUTPUT_TYPES = ("interbotix", "joint_trajectory", "float64_array")
@@ -430,23 +430,7 @@ class ChunkExecutorNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point ``chunk_executor``; returns 1 when the configuration is invalid."""
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = ChunkExecutorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        # A bad configuration: one clear line, no traceback, nothing published.
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
-        code = 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(ChunkExecutorNode, NODE_NAME, args=args)
 
 
 if __name__ == "__main__":

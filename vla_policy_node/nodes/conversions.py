@@ -7,7 +7,6 @@ Nodes call these; the core never sees a ROS message (except image decoding, whic
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 from builtin_interfaces.msg import Duration, Time
 import numpy as np
@@ -83,23 +82,3 @@ def action_chunk_from_msg(msg: ActionChunkMsg) -> ActionChunk:
         instruction=msg.instruction,
         model_latency=duration_to_seconds(msg.model_latency),
     )
-
-
-def joint_positions(names: Sequence[str], positions: Sequence[float],
-                    wanted: Sequence[str]) -> np.ndarray:
-    """Positions of ``wanted`` joints from a JointState's (name, position) arrays.
-
-    Raises:
-        ValueError: lengths differ, a wanted joint is missing, or a value is not finite.
-    """
-    if len(names) != len(positions):
-        raise ValueError(f"JointState has {len(names)} names but {len(positions)} positions")
-    index = {name: i for i, name in enumerate(names)}
-    missing = [name for name in wanted if name not in index]
-    if missing:
-        raise ValueError(f"JointState lacks joints {missing} (has {list(names)})")
-    values = np.array([positions[index[name]] for name in wanted], dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        bad = [name for name, v in zip(wanted, values) if not math.isfinite(v)]
-        raise ValueError(f"JointState has non-finite positions for {bad}")
-    return values

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSDurabilityPolicy, QoSProfile
 from rclpy.qos import QoSReliabilityPolicy
@@ -32,6 +31,7 @@ from vla_policy_node.nodes.conversions import (
     action_chunk_to_msg, duration_to_seconds, time_to_seconds)
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
 from vla_policy_node.nodes.parameters import robot_parameter_specs
+from vla_policy_node.nodes.runner import run_node
 from vla_policy_node.policy_runtime import (
     InferenceTrigger, ObservationStore, ObservationUnavailable, TRIGGER_MODES)
 
@@ -321,22 +321,10 @@ class VlaPolicyNode(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = VlaPolicyNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - start-up errors end the process with a reason
-        rclpy.logging.get_logger("vla_policy").fatal(f"vla_policy cannot start: {exc}")
-        raise SystemExit(1) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``vla_policy``; returns 1 when the node cannot start."""
+    return run_node(VlaPolicyNode, "vla_policy", args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
