@@ -521,6 +521,12 @@ class _FrameBuffer:
 
     def put(self, frame: int, image: np.ndarray) -> None:
         segment = int(np.searchsorted(self.offsets, frame, side="right") - 1)
+        writer = self.writers[segment]
+        if writer.compression is None:
+            # Uncompressed: one raw chunk per frame, straight from the decoded view.
+            self.flush()
+            writer.write_image(self.camera, frame - int(self.offsets[segment]), image)
+            return
         if self.frames and (frame != self.start + len(self.frames)
                             or segment != self._segment or len(self.frames) >= _BLOCK):
             self.flush()

@@ -57,6 +57,7 @@ class EpisodeWriter:
         self._file.attrs["camera_names"] = json.dumps(list(camera_names))
         self._images = self._file.create_group("observations/images")
         self._written = {name: 0 for name in self.camera_names}
+        self._datasets: dict[str, h5py.Dataset] = {}
 
     def __enter__(self) -> "EpisodeWriter":
         return self
@@ -81,6 +82,29 @@ class EpisodeWriter:
         self._file.create_dataset("action", data=np.asarray(action, np.float64))
         self._file.create_dataset("timestamp", data=np.asarray(timestamp, np.float64))
 
+    def write_image(self, camera: str, index: int, image: np.ndarray) -> None:
+        """Write one (H, W, 3) uint8 frame of ``camera`` at row ``index``.
+
+        Uncompressed datasets are chunked one frame per chunk, so the frame is written as a
+        raw chunk (``write_direct_chunk``): no selection, no type conversion and no copy of
+        an image that is still a view into the message buffer (about 2x faster than a
+        slice assignment, and conversion is bound by these writes).
+        """
+        dataset = self._datasets.get(camera)
+        if self.compression is not None or dataset is None or not (
+                isinstance(image, np.ndarray) and image.dtype == np.uint8
+                and image.flags.c_contiguous):
+            self.write_images(camera, index, np.asarray(image)[None])
+            return
+        if image.shape != dataset.shape[1:]:
+            raise EpisodeError(
+                f"camera {camera!r} changed size from {dataset.shape[1:3]} to "
+                f"{image.shape[:2]} within the episode")
+        if not 0 <= index < self.num_frames:
+            raise EpisodeError(f"frame {index} outside 0..{self.num_frames - 1}")
+        dataset.id.write_direct_chunk((index, 0, 0, 0), image.data)
+        self._written[camera] += 1
+
     def write_images(self, camera: str, start: int, images: np.ndarray) -> None:
         """Write (N, H, W, 3) uint8 frames of ``camera`` at rows ``start:start+N``."""
         images = np.asarray(images)
@@ -88,6 +112,9 @@ class EpisodeWriter:
             raise EpisodeError(
                 f"camera {camera!r}: expected (N, H, W, 3) uint8, got "
                 f"{images.dtype} {images.shape}")
+        if not 0 <= start and start + len(images) <= self.num_frames:
+            raise EpisodeError(f"frames {start}..{start + len(images) - 1} outside "
+                               f"0..{self.num_frames - 1}")
         if camera not in self._images:
             if camera not in self.camera_names:
                 raise EpisodeError(f"unknown camera {camera!r}; cameras: {self.camera_names}")
@@ -95,7 +122,7 @@ class EpisodeWriter:
             self._images.create_dataset(
                 camera, shape=(self.num_frames, h, w, 3), dtype=np.uint8,
                 chunks=(1, h, w, 3), compression=self.compression)
-        dataset = self._images[camera]
+        dataset = self._datasets.setdefault(camera, self._images[camera])
         if images.shape[1:] != dataset.shape[1:]:
             raise EpisodeError(
                 f"camera {camera!r} changed size from {dataset.shape[1:3]} to "
