@@ -86,3 +86,13 @@ def test_bringup_rejects_bad_arguments():
                              "--config", "/nonexistent.yaml"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["vla_policy_node.nodes.vla_policy",
+                                    "vla_policy_node.nodes.chunk_executor"])
+def test_node_without_config_names_the_missing_parameter(module, ros_domain):
+    result = subprocess.run([sys.executable, "-m", module], env=ros_environment(ros_domain),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "robot.joint_names is not set" in result.stderr + result.stdout
+    assert "--params-file" in result.stderr + result.stdout

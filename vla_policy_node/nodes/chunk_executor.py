@@ -19,12 +19,9 @@ import sys
 import threading
 from typing import Any, Callable
 
-from rcl_interfaces.msg import (
-    FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType)
 import rclpy
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
@@ -42,107 +39,65 @@ from vla_policy_node.control import (
 from vla_policy_node.control.clock import set_realtime_priority
 from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
+from vla_policy_node.nodes.parameters import (
+    declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
 
 NODE_NAME = "chunk_executor"
 OUTPUT_TYPES = ("interbotix", "joint_trajectory", "float64_array")
 CORE_LOGGER = "vla_policy_node.control"
 
-_D = ParameterType
-
-
-def _desc(description: str, type_: int, lo: float | None = None,
-          hi: float | None = None) -> ParameterDescriptor:
+def _spec(name: str, default: Any, description: str,
+          value_range: tuple[float, float] | None = None, **kwargs: Any) -> ParameterSpec:
     # Read-only: limits and rates are validated once at start; no run-time bypass.
-    descriptor = ParameterDescriptor(description=description, type=type_, read_only=True)
-    if lo is not None:
-        descriptor.floating_point_range = [FloatingPointRange(
-            from_value=float(lo), to_value=float(hi), step=0.0)]
-    return descriptor
+    return ParameterSpec(name, default, description, value_range, read_only=True, **kwargs)
 
 
-# Every parameter of the node, in one place: name -> (default or type, descriptor).
-# The robot description has no defaults: robot constants live in config/, never in code.
-PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    "robot.joint_names": (Parameter.Type.STRING_ARRAY, _desc(
-        "D names of the action vector, in model order", _D.PARAMETER_STRING_ARRAY)),
-    "robot.arms": (Parameter.Type.STRING_ARRAY, _desc(
-        "follower arm namespaces (one command group each)", _D.PARAMETER_STRING_ARRAY)),
-    "robot.arm_prefixes": (Parameter.Type.STRING_ARRAY, _desc(
-        "vector-name prefix of each arm, in robot.arms order", _D.PARAMETER_STRING_ARRAY)),
-    "robot.arm_joint_names": (Parameter.Type.STRING_ARRAY, _desc(
-        "driver joint names of one arm (without gripper)", _D.PARAMETER_STRING_ARRAY)),
-    "robot.gripper_joint_name": (Parameter.Type.STRING, _desc(
-        "driver name of the gripper joint", _D.PARAMETER_STRING)),
-    "robot.gripper_open_position": (Parameter.Type.DOUBLE, _desc(
-        "driver gripper position that normalizes to 1 (open)", _D.PARAMETER_DOUBLE)),
-    "robot.gripper_close_position": (Parameter.Type.DOUBLE, _desc(
-        "driver gripper position that normalizes to 0 (closed)", _D.PARAMETER_DOUBLE)),
-    "robot.position_min": (Parameter.Type.DOUBLE_ARRAY, _desc(
-        "lower position limit per vector element (clamp)", _D.PARAMETER_DOUBLE_ARRAY)),
-    "robot.position_max": (Parameter.Type.DOUBLE_ARRAY, _desc(
-        "upper position limit per vector element (clamp)", _D.PARAMETER_DOUBLE_ARRAY)),
-    "robot.max_velocity": (Parameter.Type.DOUBLE_ARRAY, _desc(
-        "maximum command speed per element, units/s (per tick: / control_rate_hz)",
-        _D.PARAMETER_DOUBLE_ARRAY)),
-    "robot.joint_states_topic_suffix": ("joint_states", _desc(
-        "joint states topic of each arm: /<arm>/<suffix>", _D.PARAMETER_STRING)),
-    "chunk_topic": ("/vla/action_chunk", _desc(
-        "vla_msgs/ActionChunk input", _D.PARAMETER_STRING)),
-    "status_topic": ("/vla/executor_status", _desc(
-        "vla_msgs/ExecutorStatus output (the policy's demand signal)", _D.PARAMETER_STRING)),
-    "control_rate_hz": (50.0, _desc("control ticks per second", _D.PARAMETER_DOUBLE, 1, 5000)),
-    "status_rate_hz": (10.0, _desc("status messages per second", _D.PARAMETER_DOUBLE, 0.1, 1000)),
-    "merge_strategy": ("crossfade", _desc(
-        "how overlapping chunks merge: replace | crossfade | temporal_ensemble",
-        _D.PARAMETER_STRING)),
-    "crossfade_window": (0.2, _desc(
-        "seconds over which a new chunk fades in (crossfade)", _D.PARAMETER_DOUBLE, 0, 10)),
-    "temporal_ensemble_k": (0.01, _desc(
-        "k of the ACT weights exp(-k*i), oldest prediction weighs most",
-        _D.PARAMETER_DOUBLE, 0, 100)),
-    "stale_timeout": (0.2, _desc(
-        "seconds without a valid target before holding the last command",
-        _D.PARAMETER_DOUBLE, 0.001, 60)),
-    "joint_state_timeout": (1.0, _desc(
-        "joint states older than this (s) are not used for the start-up ramp",
-        _D.PARAMETER_DOUBLE, 0.001, 60)),
-    "max_future_stamp": (0.5, _desc(
-        "reject chunks stamped more than this (s) ahead of this node's clock",
-        _D.PARAMETER_DOUBLE, 0.001, 60)),
-    "log_interval": (1.0, _desc(
-        "minimum seconds between two warnings of the same kind", _D.PARAMETER_DOUBLE, 0, 3600)),
-    "realtime_priority": (0, ParameterDescriptor(
-        description="SCHED_FIFO priority of the control thread, 0 = normal scheduling",
-        type=_D.PARAMETER_INTEGER, read_only=True,
-        integer_range=[IntegerRange(from_value=0, to_value=99, step=1)])),
-    "output_type": ("interbotix", _desc(
-        "command output of every arm: interbotix | joint_trajectory | float64_array",
-        _D.PARAMETER_STRING)),
-    "output_types": (Parameter.Type.STRING_ARRAY, _desc(
-        "optional per-arm override of output_type, in robot.arms order",
-        _D.PARAMETER_STRING_ARRAY)),
-    "interbotix.group_topic": ("/{arm}/commands/joint_group", _desc(
-        "JointGroupCommand topic pattern ({arm} is replaced)", _D.PARAMETER_STRING)),
-    "interbotix.single_topic": ("/{arm}/commands/joint_single", _desc(
-        "JointSingleCommand (gripper) topic pattern", _D.PARAMETER_STRING)),
-    "interbotix.group_name": ("arm", _desc(
-        "JointGroupCommand.name of the arm group", _D.PARAMETER_STRING)),
-    "interbotix.gripper_name": ("gripper", _desc(
-        "JointSingleCommand.name of the gripper", _D.PARAMETER_STRING)),
-    "joint_trajectory.topic": ("/{arm}/arm_controller/joint_trajectory", _desc(
-        "JointTrajectory topic pattern (joint_trajectory_controller)", _D.PARAMETER_STRING)),
-    "joint_trajectory.joint_name_format": ("{joint}", _desc(
-        "controller joint names, from {arm} and {joint} (driver name)", _D.PARAMETER_STRING)),
-    "joint_trajectory.time_from_start": (0.0, _desc(
-        "time_from_start of the streamed point, s (0: one control period)",
-        _D.PARAMETER_DOUBLE, 0, 10)),
-    "float64_array.topic": ("/{arm}/forward_position_controller/commands", _desc(
-        "Float64MultiArray topic pattern (forward_command_controller)", _D.PARAMETER_STRING)),
-    "include_gripper": (True, _desc(
-        "joint_trajectory / float64_array: append the gripper (driver units) to each arm",
-        _D.PARAMETER_BOOL)),
-}
+# Every parameter of the node, in one place. The robot description has no defaults: robot
+# constants live in config/, never in code.
+PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs(read_only=True) + (
+    _spec("chunk_topic", "/vla/action_chunk", "vla_msgs/ActionChunk input"),
+    _spec("status_topic", "/vla/executor_status",
+          "vla_msgs/ExecutorStatus output (the policy's demand signal)"),
+    _spec("control_rate_hz", 50.0, "control ticks per second", (1, 5000)),
+    _spec("status_rate_hz", 10.0, "status messages per second", (0.1, 1000)),
+    _spec("merge_strategy", "crossfade",
+          "how overlapping chunks merge: replace | crossfade | temporal_ensemble"),
+    _spec("crossfade_window", 0.2, "seconds over which a new chunk fades in (crossfade)",
+          (0, 10)),
+    _spec("temporal_ensemble_k", 0.01,
+          "k of the ACT weights exp(-k*i), oldest prediction weighs most", (0, 100)),
+    _spec("stale_timeout", 0.2, "seconds without a valid target before holding the last "
+          "command", (0.001, 60)),
+    _spec("joint_state_timeout", 1.0,
+          "joint states older than this (s) are not used for the start-up ramp", (0.001, 60)),
+    _spec("max_future_stamp", 0.5,
+          "reject chunks stamped more than this (s) ahead of this node's clock", (0.001, 60)),
+    _spec("log_interval", 1.0, "minimum seconds between two warnings of the same kind",
+          (0, 3600)),
+    _spec("realtime_priority", 0,
+          "SCHED_FIFO priority of the control thread, 0 = normal scheduling", (0, 99)),
+    _spec("output_type", "interbotix",
+          "command output of every arm: interbotix | joint_trajectory | float64_array"),
+    _spec("output_types", None, "optional per-arm override of output_type, in robot.arms "
+          "order", type_=Parameter.Type.STRING_ARRAY, optional=True),
+    _spec("interbotix.group_topic", "/{arm}/commands/joint_group",
+          "JointGroupCommand topic pattern ({arm} is replaced)"),
+    _spec("interbotix.single_topic", "/{arm}/commands/joint_single",
+          "JointSingleCommand (gripper) topic pattern"),
+    _spec("interbotix.group_name", "arm", "JointGroupCommand.name of the arm group"),
+    _spec("interbotix.gripper_name", "gripper", "JointSingleCommand.name of the gripper"),
+    _spec("joint_trajectory.topic", "/{arm}/arm_controller/joint_trajectory",
+          "JointTrajectory topic pattern (joint_trajectory_controller)"),
+    _spec("joint_trajectory.joint_name_format", "{joint}",
+          "controller joint names, from {arm} and {joint} (driver name)"),
+    _spec("joint_trajectory.time_from_start", 0.0,
+          "time_from_start of the streamed point, s (0: one control period)", (0, 10)),
+    _spec("float64_array.topic", "/{arm}/forward_position_controller/commands",
+          "Float64MultiArray topic pattern (forward_command_controller)"),
+    _spec("include_gripper", True,
+          "joint_trajectory / float64_array: append the gripper (driver units) to each arm"),
+)
 
 
 class _RosLogHandler(logging.Handler):
@@ -256,17 +211,7 @@ class ChunkExecutorNode(Node):
 
     # ------------------------------------------------------------------ setup
     def _declare_parameters(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-            try:
-                params[name] = self.get_parameter(name).value
-            except ParameterUninitializedException:
-                params[name] = None
-        missing = [n for n, v in params.items() if v is None and n.startswith("robot.")]
-        if missing:
-            raise ValueError(
-                f"missing parameters {missing}: pass --params-file config/aloha.yaml")
+        params = declare_parameters(self, PARAMETERS)
         MergeStrategy.parse(params["merge_strategy"])
         return params
 

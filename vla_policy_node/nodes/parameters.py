@@ -3,28 +3,33 @@
 Each node lists its parameters as :class:`ParameterSpec` s and calls :func:`declare_parameters`,
 which declares them with descriptors (so ``ros2 param describe`` explains them) and returns
 their values. Required parameters (default ``None`` with a type) must come from the parameter
-file; a missing one fails start-up with a message naming it.
+file; a missing one fails start-up with a message naming it. Optional ones (``optional=True``)
+read as None when unset. Read-only parameters (limits, rates) are validated once at start and
+cannot be changed at run time, so nothing bypasses that validation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """One parameter: ``default`` None means required, of type ``type_``."""
+    """One parameter: ``default`` None means required (or, ``optional``, None), of ``type_``."""
 
     name: str
     default: Any
     description: str
     range: tuple[float, float] | None = None
     type_: Parameter.Type | None = None
+    read_only: bool = False
+    optional: bool = False
 
 
 def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str, Any]:
@@ -35,7 +40,8 @@ def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str
     """
     values: dict[str, Any] = {}
     for spec in specs:
-        descriptor = ParameterDescriptor(description=spec.description)
+        descriptor = ParameterDescriptor(description=spec.description,
+                                         read_only=spec.read_only)
         if spec.range is not None:
             low, high = spec.range
             if isinstance(spec.default, int) and not isinstance(spec.default, bool):
@@ -48,8 +54,15 @@ def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str
             node.declare_parameter(spec.name, spec.type_, descriptor)
         else:
             node.declare_parameter(spec.name, spec.default, descriptor)
-        parameter = node.get_parameter(spec.name)
-        if parameter.type_ == Parameter.Type.NOT_SET:
+        try:
+            parameter = node.get_parameter(spec.name)
+            unset = parameter.type_ == Parameter.Type.NOT_SET
+        except ParameterUninitializedException:  # Jazzy: typed, declared without a value
+            unset = True
+        if unset:
+            if spec.optional:
+                values[spec.name] = None
+                continue
             raise ValueError(
                 f"parameter {spec.name} is not set: start the node with --params-file "
                 "config/aloha.yaml (or your copy of it)")
@@ -60,10 +73,10 @@ def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str
     return values
 
 
-def robot_parameter_specs() -> tuple[ParameterSpec, ...]:
+def robot_parameter_specs(read_only: bool = False) -> tuple[ParameterSpec, ...]:
     """The shared ``robot.*`` description (``/**`` section of config/aloha.yaml): required."""
     strings, doubles = Parameter.Type.STRING_ARRAY, Parameter.Type.DOUBLE_ARRAY
-    return (
+    specs = (
         ParameterSpec("robot.joint_names", None, "Names of the D-vector, model order.",
                       type_=strings),
         ParameterSpec("robot.arms", None, "Follower arm namespaces.", type_=strings),
@@ -87,3 +100,4 @@ def robot_parameter_specs() -> tuple[ParameterSpec, ...]:
         ParameterSpec("robot.joint_states_topic_suffix", "joint_states",
                       "/<arm>/<suffix> carries the arm's JointState."),
     )
+    return tuple(replace(spec, read_only=read_only) for spec in specs)
