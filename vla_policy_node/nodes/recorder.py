@@ -21,7 +21,6 @@ import threading
 from typing import Any, Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
 from std_msgs.msg import String
@@ -31,6 +30,7 @@ from vla_msgs.srv import SetInstruction
 from vla_policy_node.data.recording import EpisodeRecorder, RecordingError
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
+from vla_policy_node.nodes.runner import run_node
 
 NODE_NAME = "vla_recorder"
 
@@ -232,28 +232,21 @@ class Keyboard:
             self.stop_event.set()
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RecorderNode()
-        stop_event = threading.Event()
-        if node.keyboard and sys.stdin.isatty():
-            Keyboard(node, stop_event).thread.start()
-        else:
-            node.get_logger().info("stdin is not a terminal: control through the services")
-        while rclpy.ok() and not stop_event.is_set():
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - start-up errors end the process with a reason
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"vla_recorder cannot start: {exc}")
-        raise SystemExit(1) from None
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+def _spin(node: "RecorderNode") -> None:
+    """Spin until shutdown or the keyboard's quit key."""
+    stop_event = threading.Event()
+    if node.keyboard and sys.stdin.isatty():
+        Keyboard(node, stop_event).thread.start()
+    else:
+        node.get_logger().info("stdin is not a terminal: control through the services")
+    while rclpy.ok() and not stop_event.is_set():
+        rclpy.spin_once(node, timeout_sec=0.1)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``vla-record``; returns 1 when the recorder cannot start."""
+    return run_node(RecorderNode, NODE_NAME, spin=_spin, args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,8 +32,7 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -47,6 +46,7 @@ from vla_policy_node.config import RobotConfig
 from vla_policy_node.nodes.conversions import seconds_to_time
 from vla_policy_node.nodes.parameters import (
     declare_parameters, ParameterSpec, robot_parameter_specs)
+from vla_policy_node.nodes.runner import run_node
 from vla_policy_node.sim import AlohaSim, SimConfig, SimError, TASKS
 
 NODE_NAME = "sim_aloha"
@@ -324,33 +324,18 @@ class _RosLogHandler(logging.Handler):
         getattr(self._logger, level)(record.getMessage())
 
 
+def _spin(node: "SimAlohaNode") -> None:
+    """ROS callbacks on a thread; the simulation loop on this one, until shutdown."""
+    logging.getLogger("vla_policy_node.sim").addHandler(_RosLogHandler(node))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, name="ros", daemon=True).start()
+    node.run()
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point ``sim_aloha``; returns 1 when the configuration is invalid."""
-    rclpy.init(args=args)
-    node = None
-    loop = None
-    code = 0
-    try:
-        node = SimAlohaNode()
-        logging.getLogger("vla_policy_node.sim").addHandler(_RosLogHandler(node))
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, name="ros", daemon=True)
-        spinner.start()
-        loop = node
-        node.run()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid configuration: {exc}")
-        code = 1
-    finally:
-        if loop is not None:
-            loop.stop()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(SimAlohaNode, NODE_NAME, spin=_spin, args=args)
 
 
 if __name__ == "__main__":
