@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 import numpy as np
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -329,7 +329,14 @@ def _spin(node: "SimAlohaNode") -> None:
     logging.getLogger("vla_policy_node.sim").addHandler(_RosLogHandler(node))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, name="ros", daemon=True).start()
+
+    def spin_callbacks() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass  # Ctrl-C / shutdown: the main loop ends too
+
+    threading.Thread(target=spin_callbacks, name="ros", daemon=True).start()
     node.run()
 
 
