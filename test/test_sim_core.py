@@ -118,6 +118,17 @@ def test_gripper_maps_to_interbotix_driver_units(sim: AlohaSim, robot: RobotConf
     assert len(left["velocity"]) == len(left["effort"]) == 9
 
 
+@pytest.mark.parametrize("command", [0.0, 0.5, 1.0])
+def test_empty_gripper_reads_back_what_it_was_commanded(sim: AlohaSim, command: float) -> None:
+    # Calibration: an empty gripper commanded closed reads closed, open reads open (both arms).
+    sim.reset("transfer_cube", seed=0)
+    target = sim.joint_positions()
+    target[[6, 13]] = command
+    for _ in range(60):
+        sim.step(target)
+    assert sim.joint_positions()[[6, 13]] == pytest.approx([command, command], abs=0.03)
+
+
 def test_render_only_requested_cameras(sim: AlohaSim) -> None:
     images = sim.render(["top", "left_wrist"])
     assert set(images) == {"top", "left_wrist"}

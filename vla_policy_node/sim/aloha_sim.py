@@ -74,8 +74,8 @@ class SimConfig:
     camera_height: int = 480
     camera_width: int = 640
     control_period: float = 0.02
-    finger_open_position: float = 0.058
-    finger_close_position: float = 0.01844
+    finger_open_position: float = 0.057
+    finger_close_position: float = 0.0224
     shadows: bool = False
     reflections: bool = False
 
