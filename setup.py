@@ -37,7 +37,7 @@ setup(
             "vla-finetune = vla_policy_node.tools.finetune:main",
             "vla-plot = vla_policy_node.tools.plot:main",
             "vla-bench = vla_policy_node.bench.cli:main",
-            "vla-sim-demos = vla_policy_node.sim.demos:main",
+            "vla-sim-demos = vla_policy_node.tools.sim_demos:main",
             "vla-scripted = vla_policy_node.sim.scripted:main",
         ],
     },

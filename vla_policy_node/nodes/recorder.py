@@ -38,6 +38,8 @@ PARAMETERS = (
     ParameterSpec("config_file", "", "robot/topic configuration read for the recorded topic "
                   "set (vla_policy cameras.*, vla_recorder action source); empty: the "
                   "package's config/aloha.yaml"),
+    ParameterSpec("action_source", "", "leader (teleoperation) or commands (the Interbotix "
+                  "commands on the follower command topics); empty: the config file's"),
     ParameterSpec("output_dir", "~/vla_data/bags", "directory of the episode bags"),
     ParameterSpec("storage", "mcap", "bag storage: mcap or sqlite3"),
     ParameterSpec("instruction", "", "instruction stored in every episode"),
@@ -69,7 +71,9 @@ class RecorderNode(Node):
         values = declare_parameters(self, PARAMETERS)
         # The camera list lives in the vla_policy section: the topic set is read from the
         # whole file so that recorder and converter share one DataSpec.
-        self.spec = spec or DataSpec.from_file(values["config_file"] or None)
+        overrides = {"action_source": values["action_source"]} if values["action_source"] \
+            else {}
+        self.spec = spec or DataSpec.from_file(values["config_file"] or None, **overrides)
         topics = self.spec.record_topics()
         self.recorder = EpisodeRecorder(
             values["output_dir"], topics, self.spec.instruction_topic, self.spec.success_topic,

@@ -11,8 +11,9 @@ Thin plumbing around :class:`vla_policy_node.sim.AlohaSim`:
   ``/<arm>/commands/joint_single`` (JointSingleCommand ``gripper`` in driver radians, or one arm
   joint); they become the position actuators' targets. Bad commands are logged and counted,
   never applied;
-* serves ``~/reset`` (std_srvs/Trigger): a new episode of the ``task`` parameter (settable at run
-  time) with the next seed.
+* serves ``~/reset`` (std_srvs/Trigger): a new episode of the ``task`` parameter with the next
+  seed. Both are settable at run time (``ros2 param set /sim_aloha seed 7`` then a reset gives
+  the object placement of seed 7), which is how ``vla-sim-demos`` replays a scripted episode.
 
 Time: the node owns simulated time. It steps the physics at ``physics_rate_hz`` and publishes
 ``/clock``; every other node runs with ``use_sim_time``. With ``real_time_factor`` r > 0 it paces
@@ -68,7 +69,8 @@ SIM_PARAMETERS = (
     ParameterSpec("real_time_factor", 1.0,
                   "Simulated seconds per wall second at most (0: as fast as possible).",
                   (0.0, 1000.0)),
-    ParameterSpec("seed", 0, "Object placement seed of the first episode (-1: random).",
+    ParameterSpec("seed", 0, "Object placement seed of the next episode; each reset takes the "
+                  "next one (-1: random). Setting it at run time applies to the next reset.",
                   (-1, 2**31 - 1)),
     ParameterSpec("reward_topic", "/sim/reward", "Stage reward (std_msgs/Float64, 0..4)."),
     ParameterSpec("success_topic", "/sim/success",
@@ -78,9 +80,9 @@ SIM_PARAMETERS = (
                   "JointSingleCommand per arm."),
     ParameterSpec("group_name", "arm", "Group name accepted in JointGroupCommand."),
     ParameterSpec("gripper_name", "gripper", "Joint name of the gripper in JointSingleCommand."),
-    ParameterSpec("sim.finger_open_position", 0.058, "Simulated finger slide (m) when open."),
-    ParameterSpec("sim.finger_close_position", 0.01844,
-                  "Simulated finger slide (m) when closed."),
+    ParameterSpec("sim.finger_open_position", 0.057, "Simulated finger slide (m) when open."),
+    ParameterSpec("sim.finger_close_position", 0.0224,
+                  "Simulated finger slide (m) when closed (empty fingers touching)."),
     ParameterSpec("sim.shadows", False, "Render shadows (slow in software GL)."),
     ParameterSpec("sim.reflections", False, "Render reflections (slow in software GL)."),
 )
@@ -218,6 +220,10 @@ class SimAlohaNode(Node):
                 return SetParametersResult(
                     successful=False,
                     reason=f"unknown task {parameter.value!r}; expected one of {list(TASKS)}")
+        for parameter in parameters:
+            if parameter.name == "seed":
+                with self._lock:
+                    self._next_seed = None if parameter.value < 0 else int(parameter.value)
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ loop

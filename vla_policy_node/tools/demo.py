@@ -16,9 +16,7 @@ import argparse
 from collections import defaultdict
 import json
 import math
-import os
 from pathlib import Path
-import signal
 import sys
 import threading
 import time
@@ -28,8 +26,8 @@ import numpy as np
 
 from vla_policy_node.config import default_config_path, load_node_params, RobotConfig
 from vla_policy_node.launch_spec import node_descriptions
-from vla_policy_node.ros_env import isolated_environment, reserve_domain
 from vla_policy_node.tools.bringup import NodeProcesses
+from vla_policy_node.tools.session import private_ros_graph, stop_on_signals
 
 INSTRUCTIONS = {"transfer_cube": "transfer the red cube to the other arm",
                 "insertion": "insert the peg into the socket"}
@@ -242,18 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vla-demo: {exc}", file=sys.stderr)
         return 2
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
     interrupted = False
-    with reserve_domain() as domain:
-        env = isolated_environment(domain)
-        os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE",
-                                                "FASTRTPS_DEFAULT_PROFILES_FILE")})
-        import rclpy
-        context = rclpy.Context()
-        rclpy.init(context=context, domain_id=domain, signal_handler_options=(
-            rclpy.signals.SignalHandlerOptions.NO))
+    with stop_on_signals() as stop, private_ros_graph() as (domain, env, context):
         print(f"vla-demo: starting sim_aloha ({args.task}), vla_policy "
               f"({args.checkpoint or 'preset ' + args.preset}) and chunk_executor on private "
               f"ROS domain {domain}; logs in {out}/", flush=True)
@@ -312,9 +300,6 @@ def main(argv: list[str] | None = None) -> int:
                 json_path.write_text(json.dumps(summary, indent=2) + "\n")
                 monitor.node.destroy_node()
                 print_summary(summary, json_path, plot_path)
-            context.try_shutdown()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     return 130 if interrupted else 0
 
 
