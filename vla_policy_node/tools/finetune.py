@@ -8,56 +8,165 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
+import re
 import sys
+from typing import Callable, NoReturn
 
 import torch
 from tqdm import tqdm
 
-from vla_policy_node.train.loop import TrainConfig, train
+from vla_policy_node.model.checkpoint import CheckpointError
+from vla_policy_node.model.configuration_oft import PRESETS
+from vla_policy_node.train.dataset import DatasetError
+from vla_policy_node.train.loop import (FINAL_DIR, LOG_FILE, STATE_DIR, TrainConfig, TrainError,
+                                        train)
+
+EPILOG = f"""\
+output directory:
+  {"OUT/" + STATE_DIR + "/":<22} resume states (the newest --keep-states; unmerged LoRA adapters)
+  {"OUT/" + FINAL_DIR + "/":<22} the result, merged weights: the policy node's checkpoint parameter
+  {"OUT/" + LOG_FILE:<22} losses, validation losses, the settings
+
+resume: run the same command again after a crash or a kill; it continues from the newest
+  state and repeats exactly the steps the killed run would have taken. --steps may grow; the
+  settings that shape training (batch, lr, LoRA, seed, ...) and the dataset must not change.
+
+multi-GPU (DDP, one process per GPU, rank 0 writes everything):
+  torchrun --nproc-per-node 4 -m vla_policy_node.tools.finetune DATA --out OUT ...
+  --batch-size is per process: the global batch is batch-size x grad-accumulation x processes.
+
+exit status: 0 done; 1 the dataset or OUT cannot be used (the message says why);
+  2 bad command-line arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line: argparse's usage block is 20 lines here and hides the message.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vla-finetune",
-        description="Fine-tune an OFT policy on a dataset written by vla-convert (OFT recipe: "
-                    "LoRA on the backbone, action head / proprio projector / FiLM trained "
-                    "fully, L1 loss, AdamW with x0.1 step decay, image augmentation). The "
+    p = _Parser(
+        prog="vla-finetune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        description="Fine-tune an OFT policy on a dataset written by vla-convert (OFT recipe:\n"
+                    "LoRA on the backbone, action head / proprio projector / FiLM trained\n"
+                    "fully, L1 loss, AdamW with x0.1 step decay, image augmentation). The\n"
                     "result, OUT/checkpoint, loads directly in the vla_policy node.")
-    p.add_argument("data_dir", help="dataset directory (vla-convert --out)")
-    p.add_argument("--out", required=True, help="output directory (resumes if it has state)")
-    p.add_argument("--base", default="", help="base checkpoint directory (default: --preset "
-                                              "with random weights)")
-    p.add_argument("--preset", default="tiny", help="model preset without --base")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per micro-batch")
-    p.add_argument("--grad-accumulation", type=int, default=1,
-                   help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
-    p.add_argument("--lr-decay-step", type=int, default=0,
-                   help="multiply the lr by 0.1 from this step (0: never)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lora-rank", type=int, default=32, help="0: train every weight")
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--no-augment", action="store_true", help="no image augmentation")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
-    p.add_argument("--val-episodes", type=int, default=1, help="episodes held out")
-    p.add_argument("--val-every", type=int, default=500, help="validate every N steps")
-    p.add_argument("--merge-lora", action="store_true",
-                   help="(always done now: OUT/checkpoint holds merged weights; the "
-                        "adapters stay in OUT/train_state)")
-    p.add_argument("--unnorm-key", default=None, help="dataset key of the statistics")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("data_dir", metavar="DATA_DIR",
+                   help="dataset directory written by vla-convert --out (episode *.hdf5 "
+                        "files and dataset_statistics.json)")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="output directory; if it holds a state of this run, training resumes "
+                        "from it")
+    model = p.add_argument_group("model")
+    model.add_argument("--base", default="", metavar="DIR",
+                       help="base checkpoint directory: an OpenVLA / OpenVLA-OFT checkpoint or "
+                            "ours (default: --preset with random weights)")
+    model.add_argument("--preset", default="tiny", choices=PRESETS, metavar="NAME",
+                       help=f"model preset when there is no --base, random weights: "
+                            f"{', '.join(PRESETS)} (tiny*: tests and demos; default: "
+                            f"%(default)s)")
+    model.add_argument("--lora-rank", type=_int_at_least(0), default=32, metavar="R",
+                       help="LoRA rank on every linear layer of the backbone; 0: train every "
+                            "weight (default: %(default)s, as OFT)")
+    model.add_argument("--lora-alpha", type=float, default=16.0, metavar="A",
+                       help="LoRA alpha: the adapters are scaled by alpha/rank (default: "
+                            "%(default)s, as OFT)")
+    model.add_argument("--lora-dropout", type=float, default=0.0, metavar="P",
+                       help="dropout on the LoRA input, in [0, 1) (default: %(default)s, as "
+                            "OFT)")
+    model.add_argument("--unnorm-key", default=None, metavar="KEY",
+                       help="key of dataset_statistics.json to normalize with (default: its "
+                            "only key)")
+    opt = p.add_argument_group("optimization")
+    opt.add_argument("--steps", type=_int_at_least(1), default=1000, metavar="N",
+                     help="optimizer steps in total; a resumed run may raise it (default: "
+                          "%(default)s; OFT on ALOHA: 50k-100k)")
+    opt.add_argument("--batch-size", type=_int_at_least(1), default=8, metavar="B",
+                     help="samples per micro-batch and process (default: %(default)s)")
+    opt.add_argument("--grad-accumulation", type=_int_at_least(1), default=1, metavar="N",
+                     help="micro-batches per optimizer step (default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=5e-4,
+                     help="AdamW learning rate (default: %(default)s, as OFT)")
+    opt.add_argument("--lr-decay-step", type=_int_at_least(0), default=0, metavar="STEP",
+                     help="multiply the lr by 0.1 from this step on; 0: never (default: "
+                          "%(default)s)")
+    opt.add_argument("--weight-decay", type=float, default=0.0, metavar="WD",
+                     help="AdamW weight decay (default: %(default)s, as OFT)")
+    opt.add_argument("--no-augment", action="store_true",
+                     help="no image augmentation (default: OFT's random resized crop 0.9, "
+                          "brightness, contrast, saturation, hue)")
+    opt.add_argument("--seed", type=int, default=0, metavar="N",
+                     help="seed of the initialization, sampling and augmentation (default: "
+                          "%(default)s)")
+    saves = p.add_argument_group("saving and validation")
+    saves.add_argument("--save-every", type=_int_at_least(0), default=500, metavar="N",
+                       help="write a resume state every N steps; 0: only at the end "
+                            "(default: %(default)s)")
+    saves.add_argument("--keep-states", type=_int_at_least(1), default=2, metavar="N",
+                       help="resume states kept on disk, the newest (default: %(default)s)")
+    saves.add_argument("--val-episodes", type=_int_at_least(0), default=1, metavar="N",
+                       help="episodes held out for validation, the last by name (default: "
+                            "%(default)s)")
+    saves.add_argument("--val-every", type=_int_at_least(0), default=500, metavar="N",
+                       help="validation loss every N steps and at the end; 0: never "
+                            "(default: %(default)s)")
+    saves.add_argument("--val-batches", type=_int_at_least(1), default=4, metavar="N",
+                       help="held-out batches per validation (default: %(default)s)")
+    saves.add_argument("--merge-lora", action="store_true",
+                       help="no effect, kept for old scripts: OUT/checkpoint always holds "
+                            "merged weights, the adapters stay in OUT/train_state")
+    run = p.add_argument_group("hardware")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     metavar="DEV",
+                     help="cpu, cuda or cuda:N; under torchrun each process takes "
+                          "cuda:LOCAL_RANK (default here: %(default)s)")
+    run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                     help="bf16 autocast of the forward pass; weights and optimizer stay "
+                          "float32 (default: on for CUDA, off for CPU)")
+    run.add_argument("--threads", type=_int_at_least(0), default=0, metavar="N",
+                     help="torch CPU threads; 0: torch's default (default: %(default)s)")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress bar (a line per step is printed when stdout is not a "
+                          "terminal)")
     return p
 
 
+def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors found before anything heavy loads (exit 2)."""
+    if not Path(args.data_dir).is_dir():
+        parser.error(f"dataset directory {args.data_dir} does not exist")
+    if args.base and not Path(args.base).is_dir():
+        parser.error(f"--base {args.base} is not a directory")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} exists and is not a directory")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch has no CUDA device")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    # Under torchrun the other ranks say only what goes wrong: one copy of the log is enough.
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _check_paths(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -68,24 +177,33 @@ def main(argv: list[str] | None = None) -> int:
             lr_decay_step=args.lr_decay_step, weight_decay=args.weight_decay,
             lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout, augment=not args.no_augment,
-            save_every=args.save_every, val_episodes=args.val_episodes,
-            val_every=args.val_every, merge_lora=args.merge_lora, unnorm_key=args.unnorm_key,
-            seed=args.seed, device=args.device, bf16=False if args.no_bf16 else None)
+            save_every=args.save_every, keep_states=args.keep_states,
+            val_episodes=args.val_episodes, val_every=args.val_every,
+            val_batches=args.val_batches, merge_lora=args.merge_lora,
+            unnorm_key=args.unnorm_key, seed=args.seed, device=args.device, bf16=args.bf16)
     except ValueError as exc:
-        print(f"vla-finetune: {exc}", file=sys.stderr)
-        return 2
-    quiet = args.quiet or int(__import__("os").environ.get("RANK", "0")) != 0
-    bar = tqdm(total=config.steps, unit="step", disable=quiet or None)
+        # TrainConfig names its fields; the user typed options.
+        parser.error(re.sub(r"^(\w+)", lambda m: "--" + m.group(1).replace("_", "-"),
+                            str(exc)))
+    bar = tqdm(total=config.steps, unit="step", disable=args.quiet or rank != 0 or None)
 
     def progress(step: int, loss: float) -> None:
         if bar.n == 0 and step > 1:
             bar.update(step - 1)  # resumed
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-        print(f"step {step} loss {loss:.6f}", flush=True) if bar.disable else None
+        if bar.disable:
+            print(f"step {step} loss {loss:.6f}", flush=True)
 
-    result = train(config, progress)
+    try:
+        result = train(config, progress)
+    except (CheckpointError, DatasetError, TrainError, FloatingPointError) as exc:
+        bar.close()
+        print(f"vla-finetune: {exc}", file=sys.stderr)
+        return 1
     bar.close()
+    if rank != 0:
+        return 0
     if result.resumed_from:
         print(f"resumed from step {result.resumed_from}")
     print(f"{result.step} steps, {result.steps_per_second:.3f} steps/s; "

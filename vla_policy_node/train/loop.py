@@ -2,31 +2,39 @@
 
 Recipe (OpenVLA-OFT): LoRA on the backbone's linear layers; action head, proprio projector and
 FiLM layers trained fully; L1 loss on normalized actions; AdamW with a x0.1 step decay; image
-augmentation (random resized crop 0.9, colour jitter). bf16 autocast on CUDA, gradient
-accumulation, DDP under torchrun.
+augmentation (random resized crop 0.9, colour jitter). bf16 autocast (on CUDA by default, on
+CPU when asked; the weights and the optimizer stay float32), gradient accumulation, DDP under
+torchrun (gloo on CPU, nccl with one GPU per process on CUDA).
 
-Exact resume: a checkpoint holds the trainable weights, the optimizer and scheduler, the step
-and the torch RNG; batches and augmentations are drawn from generators seeded by
-(seed, step, rank), so a run killed after checkpoint N and resumed repeats steps N+1... exactly.
+Exact resume: a state holds the trainable weights, the optimizer and scheduler, the step and
+the torch RNG; batches and augmentations are drawn from generators seeded by (seed, step,
+rank), so a run killed after state N and resumed repeats steps N+1... exactly. States are
+written to a temporary file and renamed, so a kill while saving never leaves a half state
+that a resume would pick.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+import datetime
+import hashlib
 import json
 import logging
 import math
 import os
 from pathlib import Path
+import pickle
+import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from vla_policy_node.train.dataset import (batch_indices, EpisodeDataset, load_statistics,
-                                           split_episodes)
+from vla_policy_node.data.stats import STATISTICS_FILE
+from vla_policy_node.train.dataset import (batch_indices, DatasetError, EpisodeDataset,
+                                           load_statistics, split_episodes)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,20 @@ logger = logging.getLogger(__name__)
 FULLY_TRAINED = ("action_head", "proprio_projector", "_film", "noisy_action_projector")
 STATE_DIR = "train_state"
 FINAL_DIR = "checkpoint"
+LOG_FILE = "training_log.json"
+# Settings that define the optimization problem: a state saved with other values cannot
+# continue exactly. Everything else (steps, save/validation cadence, device, bf16, paths) may
+# change between a run and its resume; the dataset is compared by content, not by path.
+RESUME_KEYS = ("base", "preset", "batch_size", "grad_accumulation", "lr", "lr_decay_step",
+               "weight_decay", "lora_rank", "lora_alpha", "lora_dropout", "augment", "seed",
+               "val_episodes", "unnorm_key")
+# Collectives wait this long: rank 0 alone writes states and merges the final checkpoint while
+# the others wait (a 7B merge and save takes minutes on a slow disk).
+DIST_TIMEOUT = datetime.timedelta(minutes=60)
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue (the message says why, in one line)."""
 
 
 @dataclass
@@ -56,7 +78,8 @@ class TrainConfig:
         merge_lora: kept for old configs; the final checkpoint is always merged (our
             format holds plain weights; the adapters stay in train_state/).
         unnorm_key: dataset key of the statistics (default: the only one).
-        bf16: autocast on CUDA (None: when on CUDA).
+        device: "cpu", "cuda" or "cuda:N"; under torchrun CUDA runs use cuda:LOCAL_RANK.
+        bf16: bf16 autocast of the forward pass; None: on for CUDA, off for CPU.
     """
 
     data_dir: str
@@ -86,7 +109,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accumulation", "val_batches"):
+        for name in ("steps", "batch_size", "grad_accumulation", "val_batches", "keep_states"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lora_rank", "save_every", "val_episodes", "val_every", "lr_decay_step"):
@@ -94,10 +117,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lora_rank > 0 and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.keep_states < 1:
-            raise ValueError(f"keep_states must be >= 1, got {self.keep_states}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
 
 
 @dataclass
@@ -109,12 +138,34 @@ class TrainResult:
     checkpoint: Path | None
     seconds: float
     steps_per_second: float
+    world_size: int = 1
 
 
 def _distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) for a plain process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     return rank, world
+
+
+def _init_distributed(device: str, world: int) -> tuple[str, bool]:
+    """Join torchrun's process group (env://). Returns (this process's device, whether this
+    call created the group, so that train() destroys only what it made)."""
+    if world == 1:
+        return device, False
+    import torch.distributed as dist
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        # One GPU per process: torchrun numbers the processes of a node with LOCAL_RANK, and a
+        # device index on the command line would put every rank on the same GPU.
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://",
+                            timeout=DIST_TIMEOUT)
+    return device, True
 
 
 def _select_trainable(policy: Any, config: TrainConfig) -> list[torch.nn.Parameter]:
@@ -130,7 +181,7 @@ def _select_trainable(policy: Any, config: TrainConfig) -> list[torch.nn.Paramet
             param.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise RuntimeError("no trainable parameters after applying LoRA")
+        raise TrainError("no trainable parameters after applying LoRA")
     return params
 
 
@@ -140,39 +191,159 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if n in trainable}
 
 
-def _latest_state(output_dir: Path) -> Path | None:
-    states = sorted((output_dir / STATE_DIR).glob("step_*.pt"),
-                    key=lambda p: int(p.stem.split("_")[1]))
-    return states[-1] if states else None
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the trainable weights' bytes: DDP ranks must agree bit for bit."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _state_step(path: Path) -> int:
+    return int(path.stem.split("_")[1])
+
+
+def _states(output_dir: Path) -> list[Path]:
+    """Saved states, oldest first. Temporary files of interrupted saves (``.step_*.tmp``)
+    never match: only complete, renamed states count."""
+    return sorted((output_dir / STATE_DIR).glob("step_*.pt"), key=_state_step)
+
+
+def _load_latest_state(output_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest state that loads. One that does not (a disk that lost data: saves are
+    atomic, so a kill never leaves one) is skipped with a warning for the one before it."""
+    for path in reversed(_states(output_dir)):
+        try:
+            return path, _read_state(path)
+        except (RuntimeError, EOFError, OSError, ValueError,
+                pickle.UnpicklingError) as exc:
+            logger.warning("cannot read %s (%s): using the state before it", path, exc)
+    return None, None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    # mmap: each DDP rank reads the same file through the page cache instead of its own copy.
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes a rename durable across a power loss (a kill alone never loses a rename).
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _save_state(output_dir: Path, step: int, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainConfig,
-                losses: list[float], val_losses: dict[int, float]) -> Path:
+                losses: list[float], val_losses: dict[int, float],
+                extra: Mapping[str, Any]) -> Path:
     directory = output_dir / STATE_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:08d}.pt"
     tmp = directory / f".step_{step:08d}.pt.tmp"
-    torch.save({"step": step, "model": _trainable_state(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "losses": list(losses),
-                "val_losses": {str(k): v for k, v in val_losses.items()},
-                "config": json.dumps(asdict(config), default=str)}, tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a half checkpoint
-    states = sorted(directory.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    for old in states[:-config.keep_states]:
+    with open(tmp, "wb") as stream:
+        torch.save({"step": step, "model": _trainable_state(model),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "losses": list(losses),
+                    "val_losses": {str(k): v for k, v in val_losses.items()},
+                    "config": json.dumps(asdict(config), default=str), **extra}, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    # The rename is atomic: a kill before it leaves only the .tmp file, which no resume reads.
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+    for old in _states(output_dir)[:-config.keep_states]:
         old.unlink(missing_ok=True)
     return path
 
 
+def _remove_stale_temporaries(output_dir: Path) -> None:
+    for stale in [*(output_dir / STATE_DIR).glob(".step_*.tmp"),
+                  output_dir / f".{FINAL_DIR}.tmp", output_dir / f".{FINAL_DIR}.old"]:
+        if not stale.exists():
+            continue
+        logger.info("removing %s (left by an interrupted save)", stale)
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_final(policy: Any, output_dir: Path) -> Path:
+    """Write OUT/checkpoint through a temporary directory and renames: the policy node never
+    finds a half-written checkpoint, even when the run is killed while saving."""
+    final = output_dir / FINAL_DIR
+    tmp = output_dir / f".{FINAL_DIR}.tmp"
+    old = output_dir / f".{FINAL_DIR}.old"
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    policy.save_pretrained(tmp)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def check_resume(state: Mapping[str, Any], path: Path, config: TrainConfig, world: int,
+                 episodes: Mapping[str, list[list[Any]]]) -> None:
+    """Raise TrainError when ``state`` was saved by a run that this one cannot continue
+    exactly: other optimization settings, another number of processes, other episodes."""
+    saved = json.loads(state["config"])
+    current = json.loads(json.dumps(asdict(config), default=str))
+    changed = [f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in RESUME_KEYS
+               if saved.get(key) != current[key]]
+    advice = f"use another --out, or delete {path.parent} to start over"
+    if changed:
+        raise TrainError(f"{path} was saved by a run with other settings "
+                         f"({'; '.join(changed)}): {advice}")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise TrainError(f"{path} was saved by {saved_world} process(es), this run has "
+                         f"{world} (the global batch would change): {advice}")
+    saved_episodes = state.get("episodes")
+    if saved_episodes is not None and saved_episodes != dict(episodes):
+        raise TrainError(f"{path} was saved with other dataset episodes (files or frame "
+                         f"counts changed since): {advice}")
+    later = [f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in
+             ("steps", "save_every", "val_every", "val_batches", "device", "bf16")
+             if saved.get(key) != current[key]]
+    if later:
+        logger.info("resuming with changed settings: %s", "; ".join(later))
+
+
+def _all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    import torch.distributed as dist
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)  # SUM: gloo has no AVG
+    return tensor.tolist()
+
+
 def validate(policy: Any, dataset: EpisodeDataset, config: TrainConfig,
-             autocast: Callable[[], Any]) -> float:
-    """Mean loss (L1 on normalized actions for the L1 head) over fixed held-out batches."""
+             autocast: Callable[[], Any], rank: int = 0, world: int = 1) -> float:
+    """Mean loss (L1 on normalized actions for the L1 head) over ``val_batches`` fixed
+    held-out batches; under DDP each rank computes every world-th batch (same result)."""
     model = policy.model
     model.eval()
-    losses = []
+    total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(config.val_batches):
+        for i in range(rank, config.val_batches, world):
             indices = batch_indices(len(dataset), config.batch_size, config.seed + 7919, i)
             data = dataset.batch(indices)
             batch = policy.processor.build_training_batch(
@@ -180,62 +351,83 @@ def validate(policy: Any, dataset: EpisodeDataset, config: TrainConfig,
                 augment=False, generator=config.seed)
             batch = {k: v.to(policy.device) for k, v in batch.items()}
             with autocast():
-                losses.append(float(model.compute_loss(batch)))
+                total += float(model.compute_loss(batch))
+            count += 1
     model.train()
-    return float(np.mean(losses))
+    total, count = _all_reduce_sum([total, float(count)], policy.device, world)
+    return total / count
 
 
 def train(config: TrainConfig, progress: Callable[[int, float], None] | None = None,
           stop_after: int | None = None) -> TrainResult:
     """Fine-tune; resumes from ``output_dir/train_state`` when a state is there.
 
+    Under torchrun (WORLD_SIZE > 1) every process calls this: each trains on its own slice of
+    every global batch, and rank 0 alone writes states, the log and the final checkpoint.
+
     Args:
-        progress: called after each optimizer step with (step, loss).
+        progress: called on rank 0 after each optimizer step with (step, loss), the loss
+            averaged over all processes.
         stop_after: return after this step (tests/benchmarks), saving nothing extra.
+
+    Raises:
+        DatasetError: the dataset cannot be trained on.
+        TrainError: the output directory holds a state of another run.
+        FloatingPointError: the loss became NaN or infinite.
     """
     from vla_policy_node.model import load_policy
 
     rank, world = _distributed()
+    device, own_group = _init_distributed(config.device, world)
+    output_dir = Path(config.output_dir)
+    statistics = load_statistics(config.data_dir)
+    train_paths, val_paths = split_episodes(config.data_dir, config.val_episodes)
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(output_dir)
+    # Rank 0 picks the state and tells the others: every rank must continue from the same one.
+    state_path, state = _load_latest_state(output_dir) if rank == 0 else (None, None)
     if world > 1:
         import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if config.device.startswith("cuda") else "gloo")
-        if config.device.startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", rank))
-            torch.cuda.set_device(local)
-            config.device = f"cuda:{local}"
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    statistics = load_statistics(config.data_dir)
+        shared = [str(state_path) if state_path else ""]
+        dist.broadcast_object_list(shared, src=0)
+        if rank != 0 and shared[0]:
+            state_path = Path(shared[0])
+            state = _read_state(state_path)
     torch.manual_seed(config.seed)
-    policy = load_policy(config.base or None, preset=config.preset, device=config.device,
+    policy = load_policy(config.base or None, preset=config.preset, device=device,
                          seed=config.seed)
-    policy.set_statistics(statistics, config.unnorm_key)
-    train_paths, val_paths = split_episodes(config.data_dir, config.val_episodes)
+    try:
+        policy.set_statistics(statistics, config.unnorm_key)
+    except ValueError as exc:
+        raise DatasetError(f"{Path(config.data_dir) / STATISTICS_FILE}: {exc}") from None
     dataset = EpisodeDataset(train_paths, policy.camera_names, policy.chunk_length,
                              policy.action_dim)
     val_dataset = (EpisodeDataset(val_paths, policy.camera_names, policy.chunk_length,
                                   policy.action_dim) if val_paths else None)
+    episodes = {"train": dataset.manifest(),
+                "val": val_dataset.manifest() if val_dataset is not None else []}
+    if state is not None:
+        check_resume(state, state_path, config, world, episodes)
     params = _select_trainable(policy, config)
     model = policy.model
     model.train()
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in model.parameters())
-    logger.info("trainable %d of %d parameters (%.1f%%); %d train frames, %d val frames",
-                n_train, n_all, 100 * n_train / n_all, len(dataset),
-                len(val_dataset) if val_dataset else 0)
+    logger.info("trainable %d of %d parameters (%.1f%%); %d train frames, %d val frames; "
+                "%d process(es), global batch %d", n_train, n_all, 100 * n_train / n_all,
+                len(dataset), len(val_dataset) if val_dataset else 0, world,
+                config.batch_size * config.grad_accumulation * world)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     decay = config.lr_decay_step or (config.steps + 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 1.0 if step < decay else 0.1)
     start, losses, val_losses = 0, [], {}
-    state_path = _latest_state(output_dir)
-    if state_path is not None:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state is not None:
         missing = set(_trainable_state(model)) - set(state["model"])
         if missing:
-            raise RuntimeError(f"{state_path} lacks trainable weights {sorted(missing)[:5]}: "
-                               f"it was saved with other LoRA settings")
+            raise TrainError(f"{state_path} lacks trainable weights {sorted(missing)[:5]}: "
+                             f"it was saved with other LoRA settings")
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -243,19 +435,28 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         start, losses = int(state["step"]), list(state["losses"])
         val_losses = {int(k): float(v) for k, v in state["val_losses"].items()}
         logger.info("resumed from %s (step %d)", state_path, start)
+        del state  # the optimizer holds its own copies now
     use_bf16 = (config.bf16 if config.bf16 is not None
-                else config.device.startswith("cuda"))
+                else torch.device(device).type == "cuda")
+    if use_bf16:
+        logger.info("bf16 autocast on %s (weights and optimizer stay float32)", device)
 
     def autocast() -> Any:
+        # Autocast, not .to(bfloat16): the master weights and AdamW's moments stay float32.
         if use_bf16:
-            return torch.autocast(device_type=torch.device(config.device).type,
-                                  dtype=torch.bfloat16)
+            return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
         return nullcontext()
 
     forward: Any = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        forward = DistributedDataParallel(model, find_unused_parameters=True)
+        cuda = torch.device(device).type == "cuda"
+        # Unused-parameter search: which trainable weights a forward touches depends on the
+        # head and the towers' feature layer; the search keeps DDP correct for all of them.
+        forward = DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if cuda else None,
+            find_unused_parameters=True)
+    state_extra = {"world_size": world, "episodes": episodes}
     started = time.perf_counter()
     step = start
     last = min(config.steps, stop_after) if stop_after is not None else config.steps
@@ -265,52 +466,72 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         total = 0.0
         for micro in range(config.grad_accumulation):
             indices = batch_indices(len(dataset), config.batch_size, config.seed,
-                                    step * config.grad_accumulation + micro, rank)
+                                    (step - 1) * config.grad_accumulation + micro, rank, world)
             data = dataset.batch(indices)
             batch = policy.processor.build_training_batch(
                 data["images"], data["proprio"], data["actions"], data["instructions"],
                 augment=config.augment,
                 generator=np.random.default_rng([config.seed, step, micro, rank, 1]))
             batch = {k: v.to(policy.device) for k, v in batch.items()}
+            # DDP averages gradients in backward; skip that for all but the last micro-batch.
             sync = (nullcontext() if world == 1 or micro == config.grad_accumulation - 1
                     else forward.no_sync())
-            with sync, autocast():
-                loss = forward(batch) / config.grad_accumulation
             with sync:
+                with autocast():
+                    loss = forward(batch) / config.grad_accumulation
                 loss.backward()
             total += float(loss.detach())
+        # The mean over all processes: what is logged, and what every rank checks, so that a
+        # non-finite loss stops all of them together.
+        total = _all_reduce_sum([total], policy.device, world)[0] / world
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {step}")
         optimizer.step()
         scheduler.step()
         losses.append(total)
-        if progress is not None:
+        if progress is not None and rank == 0:
             progress(step, total)
         if val_dataset is not None and config.val_every and (
                 step % config.val_every == 0 or step == config.steps):
-            val_losses[step] = validate(policy, val_dataset, config, autocast)
+            val_losses[step] = validate(policy, val_dataset, config, autocast, rank, world)
             logger.info("step %d: validation loss %.5f", step, val_losses[step])
         if rank == 0 and config.save_every and step % config.save_every == 0 and (
                 step < config.steps):
             _save_state(output_dir, step, model, optimizer, scheduler, config, losses,
-                        val_losses)
+                        val_losses, state_extra)
     seconds = time.perf_counter() - started
     checkpoint = None
-    if step >= config.steps and rank == 0:
-        _save_state(output_dir, step, model, optimizer, scheduler, config, losses, val_losses)
-        if config.lora_rank > 0:
-            # Our checkpoint format holds plain weights only (the policy node loads it with
-            # no peft): fold the adapters in. The unmerged adapters stay in train_state/.
-            from vla_policy_node.model.lora import merge_lora
-            merged = merge_lora(policy)
-            logger.info("merged %d LoRA layers into the final checkpoint", merged)
-        checkpoint = Path(policy.save_pretrained(output_dir / FINAL_DIR))
-        (output_dir / "training_log.json").write_text(json.dumps(
-            {"losses": losses, "val_losses": val_losses, "config": asdict(config)},
-            default=str, indent=1))
+    if step >= config.steps:
+        fingerprints = [weights_fingerprint(model)]
+        if world > 1:
+            import torch.distributed as dist
+            fingerprints = [""] * world
+            dist.all_gather_object(fingerprints, weights_fingerprint(model))
+            if len(set(fingerprints)) != 1:
+                logger.error("DDP ranks ended with different weights: %s", fingerprints)
+        if rank == 0:
+            _save_state(output_dir, step, model, optimizer, scheduler, config, losses,
+                        val_losses, state_extra)
+            if config.lora_rank > 0:
+                # Our checkpoint format holds plain weights only (the policy node loads it with
+                # no peft): fold the adapters in. The unmerged adapters stay in train_state/.
+                from vla_policy_node.model.lora import merge_lora
+                merged = merge_lora(policy)
+                logger.info("merged %d LoRA layers into the final checkpoint", merged)
+            checkpoint = _save_final(policy, output_dir)
+            _write_text_atomic(output_dir / LOG_FILE, json.dumps(
+                {"losses": losses, "val_losses": val_losses, "resumed_from": start,
+                 "world_size": world, "rank_weights_sha256": fingerprints,
+                 "config": asdict(config)}, default=str, indent=1))
+    if world > 1:
+        import torch.distributed as dist
+        # The others wait for rank 0's final save: torchrun must not see the job end first.
+        dist.barrier()
+        if own_group:
+            dist.destroy_process_group()
     dataset.close()
     if val_dataset is not None:
         val_dataset.close()
     done = step - start
     return TrainResult(step, start, losses, val_losses, checkpoint, seconds,
-                       done / seconds if seconds > 0 else 0.0)
+                       done / seconds if seconds > 0 else 0.0, world)
