@@ -7,14 +7,22 @@ Types come from the Jazzy type store, our custom packages (``interbotix_xs_msgs`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+import functools
 import logging
+import mmap
 import os
 from pathlib import Path
+import sqlite3
 import struct
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
+import zlib
 
+import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import DECOMPRESSORS, McapReader
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
 from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 from rosbags.typesys.store import Typestore
 
@@ -46,6 +54,13 @@ def _vla_msgs_dir() -> Path | None:
     except Exception:  # noqa: BLE001 - not on a ROS install: the source tree is enough
         pass
     return next((c for c in candidates if c.is_dir()), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_typestore() -> Typestore:
+    # Parsing the .msg files costs ~15 ms, a tenth of converting a 10 s episode: readers that
+    # need no more types than these share one store (see BagReader._register_embedded_types).
+    return make_typestore()
 
 
 def make_typestore() -> Typestore:
@@ -118,13 +133,16 @@ class BagReader:
             logger.warning("%s has no metadata.yaml; reading %s directly", self.path,
                            files[0].name)
             target = files[0]
-        self.typestore = typestore or make_typestore()
+        self.typestore = typestore or _shared_typestore()
+        self._own_typestore = typestore is not None
         try:
             self._reader = Reader(target)
             self._reader.open()
         except Exception as exc:  # noqa: BLE001 - rosbags raises many kinds; all mean "bad bag"
             raise BagError(f"cannot open bag {self.path}: {type(exc).__name__}: {exc}") from exc
         self._register_embedded_types()
+        self._store: _Store | None = None
+        self._contents: BagContents | None = None
 
     def __enter__(self) -> "BagReader":
         return self
@@ -133,6 +151,9 @@ class BagReader:
         self.close()
 
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         if self._reader.is_open:
             self._reader.close()
 
@@ -149,9 +170,16 @@ class BagReader:
                 logger.warning("%s: cannot parse the definition of %s: %s", self.path,
                                conn.msgtype, exc)
         if types:
+            if not self._own_typestore:
+                # Never add a bag's own definitions to the shared store: the next bag may
+                # define the same name differently.
+                self.typestore = make_typestore()
+                self._own_typestore = True
             self.typestore.register({k: v for k, v in types.items() if k not in known})
 
     def contents(self) -> BagContents:
+        if self._contents is not None:
+            return self._contents
         topics: dict[str, TopicInfo] = {}
         for conn in self._reader.connections:
             info = topics.setdefault(conn.topic, TopicInfo(conn.topic, conn.msgtype, 0))
@@ -160,9 +188,11 @@ class BagReader:
         metadata = getattr(self._reader.storage, "metadata", None)
         if metadata is not None and getattr(metadata, "custom", None):
             custom = {str(k): str(v) for k, v in metadata.custom.items()}
-        return BagContents(self.path, topics, custom,
-                           self._reader.start_time if self._reader.message_count else 0,
-                           self._reader.end_time if self._reader.message_count else 0)
+        self._contents = BagContents(
+            self.path, topics, custom,
+            self._reader.start_time if self._reader.message_count else 0,
+            self._reader.end_time if self._reader.message_count else 0)
+        return self._contents
 
     def messages(self, topics: Sequence[str]) -> Iterator[tuple[str, str, int, bytes]]:
         """Yield ``(topic, msgtype, log_time_ns, raw_cdr)`` of ``topics`` in bag time order.
@@ -182,11 +212,399 @@ class BagReader:
             raise BagError(
                 f"bag {self.path} is damaged: {type(exc).__name__}: {exc}") from exc
 
-    def deserialize(self, raw: bytes, msgtype: str) -> Any:
+    def deserialize(self, raw: bytes | memoryview, msgtype: str) -> Any:
         try:
             return self.typestore.deserialize_cdr(raw, msgtype)
         except Exception as exc:  # noqa: BLE001
             raise BagError(f"{self.path}: cannot deserialize a {msgtype}: {exc}") from exc
+
+    # ---- indexed access: read what is needed, once -------------------------------------------
+
+    def index(self, topics: Sequence[str], load: Collection[str] = ()
+              ) -> dict[str, TopicMessages]:
+        """Index the messages of ``topics`` without reading (most of) their data.
+
+        Rows are numbered per topic in bag order (log time; ties in storage order), the order
+        :meth:`messages` yields them in. mcap files are memory-mapped and scanned record by
+        record; sqlite3 files are queried for ids and times. Bags this does not cover
+        (message-compressed bags) fall back to one pass of :meth:`messages`.
+
+        Args:
+            topics: topics to index (absent topics are left out of the result).
+            load: topics whose data is wanted for every message (``TopicMessages.payloads``):
+                small messages such as joint states, read in the same pass.
+
+        Raises:
+            BagError: the storage is damaged (truncated record, bad chunk, checksum).
+        """
+        wanted = [t for t in dict.fromkeys(topics) if t in self.contents().topics]
+        msgtypes = {t: self.contents().topics[t].msgtype for t in wanted}
+        self._store = self._store or self._open_store()
+        with self._storage_errors():
+            return self._store.index(wanted, msgtypes, set(load))
+
+    def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]],
+              head: int | None = None) -> Iterator[tuple[TopicMessages, int, Any]]:
+        """Yield ``(topic_messages, row, raw_cdr)`` for the requested rows of each topic.
+
+        The order is the storage order (each compressed chunk is decompressed once), not the
+        order of ``requests``. ``raw_cdr`` is a read-only buffer (a view of the mapped file
+        where possible): use it before the reader closes.
+
+        Args:
+            requests: (index of a topic, (K,) int row numbers) pairs.
+            head: read only the first ``head`` bytes of each message (e.g. 12 for a stamp).
+
+        Raises:
+            BagError: the storage is damaged.
+        """
+        store = self._store or self._open_store()
+        with self._storage_errors():
+            yield from store.fetch(requests, head)
+
+    @contextlib.contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """Storage failures (bad offsets, sqlite errors) become a BagError naming the bag."""
+        try:
+            yield
+        except BagError:
+            raise
+        except (OSError, ValueError, IndexError, struct.error, sqlite3.Error,
+                RuntimeError) as exc:
+            raise BagError(
+                f"bag {self.path} is damaged: {type(exc).__name__}: {exc}") from exc
+
+    def _open_store(self) -> "_Store":
+        storage = self._reader.storage
+        parts = list(getattr(storage, "storages", [storage]))
+        compressed = getattr(getattr(storage, "metadata", None), "compression_mode", None)
+        if compressed != "message" and parts:
+            if all(isinstance(p, McapReader) for p in parts):
+                self._store = _McapStore(self, [Path(p.path) for p in parts],
+                                         [{c.id: c.topic for c in p.connections}
+                                          for p in parts])
+                return self._store
+            if all(isinstance(p, Sqlite3Reader) for p in parts):
+                self._store = _SqliteStore(self, [Path(p.path) for p in parts])
+                return self._store
+        self._store = _GenericStore(self)
+        return self._store
+
+
+@dataclass
+class TopicMessages:
+    """The messages of one topic, indexed by :meth:`BagReader.index`.
+
+    Attributes:
+        topic, msgtype: the topic and its ROS 2 type name.
+        log_ns: (N,) int64 receive (log) times, ns, in row order.
+        payloads: the N raw CDR buffers, for topics indexed with ``load``; None otherwise.
+        locators: where each row lives in the storage (backend-specific, (N, k) int64).
+    """
+
+    topic: str
+    msgtype: str
+    log_ns: np.ndarray
+    payloads: list[Any] | None = None
+    locators: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.log_ns)
+
+
+class _Store:
+    """Indexed access to the storage files of one bag (see :meth:`BagReader.index`)."""
+
+    def index(self, topics: Sequence[str], msgtypes: dict[str, str], load: set[str]
+              ) -> dict[str, TopicMessages]:
+        raise NotImplementedError
+
+    def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
+              ) -> Iterator[tuple[TopicMessages, int, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _sorted_topic(topic: str, msgtype: str, width: int, log_ns: list[int],
+                  locators: list[Any], payloads: list[Any] | None) -> TopicMessages:
+    """Rows in log time order, ties in storage order (a stable sort, as rosbags reads)."""
+    times = np.asarray(log_ns, np.int64)
+    order = np.argsort(times, kind="stable")
+    return TopicMessages(
+        topic, msgtype, times[order],
+        None if payloads is None else [payloads[i] for i in order.tolist()],
+        np.asarray(locators, np.int64).reshape(len(times), width)[order])
+
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_RECORD = struct.Struct("<BQ")           # opcode, record length
+_MESSAGE = struct.Struct("<HIQ")         # channel id, sequence, log time (publish time follows)
+_CHUNK = struct.Struct("<QQQII")         # start, end, uncompressed size, crc, compression length
+_OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x05, 0x06, 0x0F
+
+
+class _McapStore(_Store):
+    """mcap files, memory-mapped: messages in uncompressed chunks are never copied.
+
+    Locators are ``(file, chunk, start, end)``: ``chunk`` -1 means ``start:end`` are offsets in
+    the mapped file, otherwise offsets in that (compressed) chunk's decompressed records.
+    """
+
+    def __init__(self, owner: BagReader, paths: list[Path],
+                 channel_topics: list[dict[int, str]]) -> None:
+        self.owner = owner
+        self.paths = paths
+        self.channel_topics = channel_topics
+        self.maps: list[mmap.mmap] = []
+        for path in paths:
+            with open(path, "rb") as f:
+                self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        self.chunks: list[tuple[int, int, int, str, int, int]] = []
+        self._cached: tuple[int, bytes] | None = None
+
+    def close(self) -> None:
+        self._cached = None
+        for mm in self.maps:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a view is still alive somewhere: the map closes when it is freed
+        self.maps = []
+
+    def _damaged(self, f: int, what: str) -> BagError:
+        return BagError(f"bag {self.owner.path} is damaged: {self.paths[f].name}: {what}")
+
+    def _chunk_records(self, f: int, chunk: int) -> bytes:
+        """The decompressed records of chunk ``chunk`` (cached: fetch reads in chunk order)."""
+        if self._cached is not None and self._cached[0] == chunk:
+            return self._cached[1]
+        f, start, end, compression, size, crc = self.chunks[chunk]
+        decompress = DECOMPRESSORS.get(compression)
+        if decompress is None:
+            raise self._damaged(f, f"unsupported chunk compression {compression!r}")
+        try:
+            records = decompress(self.maps[f][start:end], size)
+        except Exception as exc:  # noqa: BLE001 - lz4/zstd raise their own types
+            raise self._damaged(f, f"chunk at {start} does not decompress: {exc}") from None
+        if len(records) != size:
+            raise self._damaged(f, f"chunk at {start}: {len(records)} bytes, expected {size}")
+        if crc and zlib.crc32(records) != crc:
+            raise self._damaged(f, f"chunk at {start}: checksum mismatch")
+        self._cached = (chunk, records)
+        return records
+
+    def index(self, topics: Sequence[str], msgtypes: dict[str, str], load: set[str]
+              ) -> dict[str, TopicMessages]:
+        found: dict[str, tuple[list[int], list[tuple[int, int, int, int]], list[Any] | None]] = {
+            t: ([], [], [] if t in load else None) for t in topics}
+        self.chunks = []
+        for f, mm in enumerate(self.maps):
+            wanted = {cid: found[t] for cid, t in self.channel_topics[f].items() if t in found}
+            if not wanted:
+                continue
+            data_start, data_end = self._data_section(f, mm)
+            view = memoryview(mm)
+            pos = data_start
+            while pos < data_end:
+                if pos + 9 > data_end:
+                    raise self._damaged(f, f"truncated record at offset {pos}")
+                op, length = _RECORD.unpack_from(mm, pos)
+                body, end = pos + 9, pos + 9 + length
+                if end > data_end:
+                    raise self._damaged(f, f"truncated record at offset {pos}: {length} bytes "
+                                           f"announced, {data_end - body} left")
+                if op == _OP_MESSAGE:
+                    self._message(view, body, end, f, -1, wanted, f"offset {pos}")
+                elif op == _OP_CHUNK:
+                    self._chunk(f, mm, view, body, end, wanted)
+                elif op == _OP_DATA_END:
+                    break
+                pos = end
+        return {t: _sorted_topic(t, msgtypes[t], 4, *found[t]) for t in topics}
+
+    @staticmethod
+    def _data_section(f: int, mm: mmap.mmap) -> tuple[int, int]:
+        # rosbags has validated magic, header and footer when the bag was opened.
+        size = len(mm)
+        _, header_length = _RECORD.unpack_from(mm, len(_MCAP_MAGIC))
+        data_start = len(_MCAP_MAGIC) + 9 + header_length
+        footer = size - len(_MCAP_MAGIC) - 29
+        (summary_start,) = struct.unpack_from("<Q", mm, footer + 9)
+        return data_start, summary_start if summary_start else footer
+
+    def _message(self, buf: Any, body: int, end: int, f: int, chunk: int,
+                 wanted: dict[int, Any], where: str) -> None:
+        if end - body < 22:
+            raise self._damaged(f, f"message record of {end - body} bytes at {where}")
+        cid, _, log_time = _MESSAGE.unpack_from(buf, body)
+        target = wanted.get(cid)
+        if target is None:
+            return
+        times, locators, payloads = target
+        times.append(log_time)
+        locators.append((f, chunk, body + 22, end))
+        if payloads is not None:
+            # A view of the map costs nothing; a compressed chunk's records are not kept.
+            payloads.append(buf[body + 22:end] if chunk < 0 else bytes(buf[body + 22:end]))
+
+    def _chunk(self, f: int, mm: mmap.mmap, view: memoryview, body: int, end: int,
+               wanted: dict[int, Any]) -> None:
+        if end - body < _CHUNK.size + 8:
+            raise self._damaged(f, f"chunk record of {end - body} bytes at {body - 9}")
+        _, _, size, crc, name_length = _CHUNK.unpack_from(mm, body)
+        name_end = body + _CHUNK.size + name_length
+        if name_end + 8 > end:
+            raise self._damaged(f, f"chunk at {body - 9}: bad compression name")
+        compression = bytes(mm[body + _CHUNK.size:name_end]).decode(errors="replace")
+        (records_length,) = struct.unpack_from("<Q", mm, name_end)
+        start = name_end + 8
+        if start + records_length > end:
+            raise self._damaged(f, f"chunk at {body - 9}: records exceed the chunk record")
+        if compression == "":
+            if records_length != size:
+                raise self._damaged(f, f"chunk at {body - 9}: {records_length} bytes of "
+                                       f"records, {size} announced")
+            if crc and zlib.crc32(view[start:start + size]) != crc:
+                raise self._damaged(f, f"chunk at {body - 9}: checksum mismatch")
+            buf, base, chunk = mm, start, -1
+        else:
+            self.chunks.append((f, start, start + records_length, compression, size, crc))
+            chunk = len(self.chunks) - 1
+            buf, base = memoryview(self._chunk_records(f, chunk)), 0
+        pos, stop = base, base + size
+        while pos < stop:
+            if pos + 9 > stop:
+                raise self._damaged(f, f"chunk at {body - 9}: truncated record")
+            op, length = _RECORD.unpack_from(buf, pos)
+            rec_end = pos + 9 + length
+            if rec_end > stop:
+                raise self._damaged(f, f"chunk at {body - 9}: truncated record at {pos}")
+            if op == _OP_MESSAGE:
+                self._message(buf, pos + 9, rec_end, f, chunk, wanted, f"chunk {body - 9}")
+            pos = rec_end
+        if chunk >= 0:
+            self._cached = None  # the index does not keep decompressed chunks alive
+
+    def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
+              ) -> Iterator[tuple[TopicMessages, int, Any]]:
+        items = [(loc[0], loc[1], loc[2], loc[3], r, int(row))
+                 for r, (tm, rows) in enumerate(requests)
+                 for row, loc in zip(np.asarray(rows).tolist(), tm.locators[rows].tolist())]
+        items.sort()
+        views = [memoryview(mm) for mm in self.maps]
+        try:
+            for f, chunk, start, end, r, row in items:
+                if head is not None:
+                    end = min(end, start + head)
+                if chunk < 0:
+                    yield requests[r][0], row, views[f][start:end]
+                else:
+                    yield requests[r][0], row, memoryview(self._chunk_records(f, chunk))[
+                        start:end]
+        finally:
+            for view in views:
+                view.release()
+
+
+class _SqliteStore(_Store):
+    """sqlite3 files: ids and times in one query; blobs read one by one, only those asked for.
+
+    Locators are ``(file, message id)``. The database is memory-mapped by SQLite
+    (``mmap_size``), so a blob costs one copy instead of a read() per overflow page.
+    """
+
+    _MMAP_SIZE = 1 << 31  # SQLite's default ceiling (SQLITE_MAX_MMAP_SIZE) is just below
+
+    def __init__(self, owner: BagReader, paths: list[Path]) -> None:
+        self.owner = owner
+        self.connections: list[sqlite3.Connection] = []
+        try:
+            for path in paths:
+                con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                      check_same_thread=False)
+                self.connections.append(con)
+                con.execute(f"PRAGMA mmap_size={self._MMAP_SIZE}")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for con in self.connections:
+            con.close()
+        self.connections = []
+
+    def index(self, topics: Sequence[str], msgtypes: dict[str, str], load: set[str]
+              ) -> dict[str, TopicMessages]:
+        found: dict[str, tuple[list[int], list[tuple[int, int]], list[Any] | None]] = {
+            t: ([], [], [] if t in load else None) for t in topics}
+        for f, con in enumerate(self.connections):
+            ids = {tid: name for tid, name in con.execute("SELECT id, name FROM topics")
+                   if name in found}
+            for with_data in (True, False):
+                chosen = [tid for tid, name in ids.items() if (name in load) == with_data]
+                if not chosen:
+                    continue
+                query = (f"SELECT topic_id, id, timestamp{', data' if with_data else ''} "
+                         f"FROM messages WHERE topic_id IN ({','.join('?' * len(chosen))}) "
+                         f"ORDER BY timestamp, id")
+                for row in con.execute(query, chosen):
+                    times, locators, payloads = found[ids[row[0]]]
+                    times.append(row[2])
+                    locators.append((f, row[1]))
+                    if payloads is not None:
+                        payloads.append(row[3])
+        return {t: _sorted_topic(t, msgtypes[t], 2, *found[t]) for t in topics}
+
+    def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
+              ) -> Iterator[tuple[TopicMessages, int, Any]]:
+        items = sorted((loc[0], loc[1], r, int(row))
+                       for r, (tm, rows) in enumerate(requests)
+                       for row, loc in zip(np.asarray(rows).tolist(),
+                                           tm.locators[rows].tolist()))
+        for f, message_id, r, row in items:
+            con = self.connections[f]
+            if hasattr(con, "blobopen"):  # Python >= 3.11: reads only the pages asked for
+                with con.blobopen("messages", "data", message_id, readonly=True) as blob:
+                    data = blob.read(-1 if head is None else head)
+            else:
+                query = ("SELECT data FROM messages WHERE id=?" if head is None else
+                         f"SELECT substr(data, 1, {int(head)}) FROM messages WHERE id=?")
+                data = con.execute(query, (message_id,)).fetchone()[0]
+            yield requests[r][0], row, data
+
+
+class _GenericStore(_Store):
+    """Any bag rosbags reads (e.g. message-compressed): one pass of ``messages`` per call.
+
+    Rows are numbered in the order rosbags yields them; locators are unused.
+    """
+
+    def __init__(self, owner: BagReader) -> None:
+        self.owner = owner
+
+    def index(self, topics: Sequence[str], msgtypes: dict[str, str], load: set[str]
+              ) -> dict[str, TopicMessages]:
+        times: dict[str, list[int]] = {t: [] for t in topics}
+        payloads: dict[str, list[Any]] = {t: [] for t in topics if t in load}
+        for topic, _, log_ns, raw in self.owner.messages(topics):
+            times[topic].append(log_ns)
+            if topic in payloads:
+                payloads[topic].append(raw)
+        return {t: TopicMessages(t, msgtypes[t], np.asarray(times[t], np.int64),
+                                 payloads.get(t)) for t in topics}
+
+    def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
+              ) -> Iterator[tuple[TopicMessages, int, Any]]:
+        wanted = {tm.topic: (tm, set(np.asarray(rows).tolist())) for tm, rows in requests}
+        counters = dict.fromkeys(wanted, 0)
+        for topic, _, _, raw in self.owner.messages(list(wanted)):
+            row = counters[topic]
+            counters[topic] += 1
+            tm, rows = wanted[topic]
+            if row in rows:
+                yield tm, row, raw if head is None else raw[:head]
 
 
 class BagWriter:
