@@ -32,6 +32,9 @@ _TO_RGB: dict[str, int | None] = {
     "mono8": cv2.COLOR_GRAY2RGB,
 }
 
+#: imdecode flag that decodes straight to RGB (None: OpenCV too old, decode BGR and convert).
+_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -151,12 +154,18 @@ def _decode_compressed(msg: Any) -> np.ndarray:
             f"truncated JPEG ({data.size} bytes): no end-of-image marker")
     if kind == "png" and _PNG_IEND not in tail:
         raise ImageDecodeError(f"truncated PNG ({data.size} bytes): no IEND chunk")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+    # compressed_image_transport stores colour JPEG/PNG in the standard order, which OpenCV
+    # returns as BGR; IMREAD_COLOR_RGB (OpenCV >= 4.10) has libjpeg/libpng write RGB directly,
+    # the same pixels without a second pass over the image (test_data_images checks both).
+    if _IMREAD_RGB is not None:
+        rgb = cv2.imdecode(data, _IMREAD_RGB)
+    else:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb is None or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
         raise ImageDecodeError(
             f"cannot decode {kind.upper()} image ({data.size} bytes, format {msg.format!r})")
-    # compressed_image_transport stores colour JPEG/PNG in the standard (BGR in OpenCV) order.
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
