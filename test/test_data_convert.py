@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vla_policy_node.data.bags import BagReader, BagWriter
 from vla_policy_node.data.convert import convert_bags, ConvertOptions, MANIFEST_FILE
 from vla_policy_node.data.episodes import action_window, Episode
 from vla_policy_node.data.spec import DataSpec
@@ -122,6 +123,29 @@ def test_bad_bags_are_reported_and_skipped_the_rest_converted(tmp_path: Path) ->
     assert not list(out.glob(".*.tmp"))
     stats = json.loads((out / STATISTICS_FILE).read_text())["aloha"]
     assert stats["num_trajectories"] == 1
+
+
+def test_a_truncated_image_message_fails_its_bag_naming_the_camera(tmp_path: Path) -> None:
+    source = write_episode_bag(tmp_path / "source", SPEC, SyntheticEpisode(duration=1.0))
+    bad = tmp_path / "bad"
+    camera_topic = SPEC.camera_topics[1]
+    with BagReader(source) as reader, BagWriter(bad) as writer:
+        contents = reader.contents()
+        for topic, info in contents.topics.items():
+            writer.add_topic(topic, info.msgtype)
+        for key, value in contents.custom_data.items():
+            writer.set_custom_data(key, value)
+        frames = 0
+        for topic, _, log_ns, raw in reader.messages(sorted(contents.topics)):
+            if topic == camera_topic:
+                frames += 1
+                raw = raw[:200] if frames == 5 else raw  # cut inside the pixel data
+            writer.write_raw(topic, log_ns, raw)
+    [report] = convert_bags([bad], SPEC, tmp_path / "data")
+    assert report.status == "failed"
+    assert f"camera {SPEC.camera_names[1]} ({camera_topic}) message 4" in report.error
+    assert "truncated sensor_msgs/Image: data needs" in report.error
+    assert not list((tmp_path / "data").glob("*.hdf5"))
 
 
 def test_camera_gap_splits_the_episode_and_is_reported(tmp_path: Path) -> None:

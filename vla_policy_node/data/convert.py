@@ -19,6 +19,8 @@ from what, so re-running converts only new or changed bags and gives identical r
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 from dataclasses import asdict, dataclass, field
 import hashlib
 import json
@@ -27,14 +29,16 @@ import os
 from pathlib import Path
 import re
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from vla_policy_node.data.align import align, make_clock, runs
 from vla_policy_node.data.bags import (
-    BagError, BagReader, header_stamp_ns, META_INSTRUCTION, META_SUCCESS)
+    BagError, BagReader, META_INSTRUCTION, META_SUCCESS, TopicMessages)
+from vla_policy_node.data.cdr import (
+    CdrError, header_stamps, parse_compressed_image, parse_image, parse_joint_states)
 from vla_policy_node.data.episodes import EpisodeWriter, write_json_atomic
 from vla_policy_node.data.images import decode_image, ImageDecodeError
 from vla_policy_node.data.spec import DataSpec
@@ -46,6 +50,9 @@ CONVERTER_VERSION = 1
 MANIFEST_FILE = "conversion.json"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 _BLOCK = 32  # frames buffered per camera before an HDF5 write
+#: Threads decoding JPEG/PNG frames (0: none, decode inline; -1: one per CPU core but one).
+_DECODE_THREADS = -1
+_DECODE_BATCH = 8  # compressed frames per decoding task
 
 
 class ConversionError(ValueError):
@@ -108,17 +115,19 @@ class EpisodeReport:
 
 @dataclass
 class _Stream:
+    """One resampled stream: (N,) times and, for joint streams, (N, k) values per row."""
+
     topic: str
-    times: list[int] = field(default_factory=list)
-    values: list[np.ndarray] = field(default_factory=list)
-    velocity: list[np.ndarray] = field(default_factory=list)
-    effort: list[np.ndarray] = field(default_factory=list)
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    values: np.ndarray | None = None
+    velocity: np.ndarray | None = None
+    effort: np.ndarray | None = None
 
 
 # ---- pass 1: streams ------------------------------------------------------------------------
 
 class _JointExtractor:
-    """Driver joint names of one arm out of JointState messages, names matched per message."""
+    """Driver joint names of one arm out of a topic of JointState messages, all at once."""
 
     def __init__(self, topic: str, names: Sequence[str], gripper: bool,
                  normalize: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -126,49 +135,33 @@ class _JointExtractor:
         self.names = list(names)
         self.gripper = gripper
         self.normalize = normalize
-        self._cache: dict[tuple[str, ...], np.ndarray] = {}
 
-    def indices(self, msg_names: Sequence[str]) -> np.ndarray:
-        key = tuple(msg_names)
-        idx = self._cache.get(key)
-        if idx is None:
-            missing = [n for n in self.names if n not in key]
-            if missing:
-                raise ConversionError(
-                    f"{self.topic}: joints {missing} not in the message's names {list(key)} "
-                    f"(robot.arm_joint_names / gripper_joint_name in the config)")
-            idx = np.array([key.index(n) for n in self.names])
-            self._cache[key] = idx
-        return idx
+    def __call__(self, raws: Sequence[Any]) -> tuple[
+            np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(N,) header stamps (0: unset), (N, k) positions, velocities and efforts (or None).
 
-    def __call__(self, msg: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        idx = self.indices(msg.name)
-        position = np.asarray(msg.position, dtype=np.float64)
-        if len(position) != len(msg.name):
-            raise ConversionError(
-                f"{self.topic}: {len(msg.name)} names but {len(position)} positions")
-        values = position[idx]
-        scale = 1.0
+        The gripper column is normalized, its velocity scaled by d(normalized)/d(raw).
+        """
+        try:
+            states = parse_joint_states(raws, self.names, self.topic)
+        except CdrError as exc:
+            hint = (" (robot.arm_joint_names / gripper_joint_name in the config)"
+                    if "not in the message's names" in str(exc) else "")
+            raise ConversionError(f"{exc}{hint}") from None
+        values, velocity = states.position, states.velocity
         if self.gripper:
-            raw = values[-1]
-            values[-1] = self.normalize(raw)
-            scale = float(self.normalize(raw + 1.0) - values[-1])  # d(normalized)/d(raw)
-        velocity = effort = None
-        if len(msg.velocity) == len(msg.name):
-            velocity = np.asarray(msg.velocity, dtype=np.float64)[idx]
-            if self.gripper:
-                velocity[-1] *= scale
-        if len(msg.effort) == len(msg.name):
-            effort = np.asarray(msg.effort, dtype=np.float64)[idx]
-        return values, velocity, effort
+            raw = values[:, -1].copy()
+            values[:, -1] = self.normalize(raw)
+            if velocity is not None:
+                velocity[:, -1] *= self.normalize(raw + 1.0) - values[:, -1]
+        return states.stamps, values, velocity, states.effort
 
 
-def _stamp(clock: str, raw: bytes, log_ns: int, has_header: bool) -> int:
-    if clock == "header" and has_header:
-        stamp = header_stamp_ns(raw)
-        if stamp is not None:
-            return stamp
-    return log_ns
+def _stamps(clock: str, stamps: np.ndarray, log_ns: np.ndarray) -> np.ndarray:
+    """(N,) header stamps where set and the header clock is asked for, else log times."""
+    if clock != "header":
+        return log_ns
+    return np.where(stamps != 0, stamps, log_ns)
 
 
 class _BagStreams:
@@ -253,50 +246,71 @@ class _BagStreams:
         by_topic: dict[str, list[str]] = {}
         for name, topic in self.stream_topic.items():
             by_topic.setdefault(topic, []).append(name)
-        camera_by_topic = {t: n for n, t in self.camera_topics.items()}
-        wanted = set(by_topic) | set(camera_by_topic)
-        for extra in (spec.instruction_topic, spec.success_topic):
-            if extra in topics:
-                wanted.add(extra)
+        extras = [t for t in (spec.instruction_topic, spec.success_topic) if t in topics]
+        # Everything but the images is small and read whole; of the images only the index.
+        self.index = reader.index(sorted(set(by_topic) | set(self.camera_topics.values())
+                                         | set(extras)), load=set(by_topic) | set(extras))
         n_joints = len(spec.robot.arm_joint_names)
-        for topic, msgtype, log_ns, raw in reader.messages(sorted(wanted)):
-            camera = camera_by_topic.get(topic)
-            if camera is not None:
-                stream = self.camera_streams[camera]
-                stream.times.append(_stamp(spec.clock, raw, log_ns, True))
-                continue
-            if topic == spec.instruction_topic:
-                self.instructions.append((log_ns, str(reader.deserialize(raw, msgtype).data)))
-                continue
-            if topic == spec.success_topic:
-                self.successes.append((log_ns, bool(reader.deserialize(raw, msgtype).data)))
-                continue
-            msg = reader.deserialize(raw, msgtype)
-            for name in by_topic[topic]:
+        if spec.instruction_topic in self.index:
+            messages = self.index[spec.instruction_topic]
+            self.instructions = [
+                (int(log_ns), str(reader.deserialize(raw, messages.msgtype).data))
+                for log_ns, raw in zip(messages.log_ns, messages.payloads or [])]
+        if spec.success_topic in self.index:
+            messages = self.index[spec.success_topic]
+            self.successes = [
+                (int(log_ns), bool(reader.deserialize(raw, messages.msgtype).data))
+                for log_ns, raw in zip(messages.log_ns, messages.payloads or [])]
+        for camera, topic in self.camera_topics.items():
+            messages = self.index[topic]
+            stamps = np.zeros(len(messages), np.int64)
+            if spec.clock == "header":
+                # 12 bytes per image (encapsulation + stamp): no image is read here.
+                heads: list[Any] = [b""] * len(messages)
+                for _, row, raw in reader.fetch([(messages, np.arange(len(messages)))],
+                                                head=12):
+                    heads[row] = raw
+                try:
+                    stamps = header_stamps(heads)
+                except CdrError as exc:
+                    raise ConversionError(f"{topic} (camera {camera}): {exc}") from None
+            self.camera_streams[camera].times = _stamps(spec.clock, stamps, messages.log_ns)
+        for topic, names in by_topic.items():
+            messages = self.index[topic]
+            raws = messages.payloads or []
+            for name in names:
                 stream = self.streams[name]
                 if name.endswith(":joints"):
-                    cmd = np.asarray(msg.cmd, dtype=np.float64)
-                    if cmd.shape != (n_joints,):
-                        raise ConversionError(
-                            f"{topic}: JointGroupCommand {msg.name!r} has {cmd.size} values, "
-                            f"expected {n_joints} ({list(spec.robot.arm_joint_names)})")
-                    stream.times.append(log_ns)
-                    stream.values.append(cmd)
+                    values = []
+                    for raw in raws:
+                        msg = reader.deserialize(raw, messages.msgtype)
+                        cmd = np.asarray(msg.cmd, dtype=np.float64)
+                        if cmd.shape != (n_joints,):
+                            raise ConversionError(
+                                f"{topic}: JointGroupCommand {msg.name!r} has {cmd.size} "
+                                f"values, expected {n_joints} "
+                                f"({list(spec.robot.arm_joint_names)})")
+                        values.append(cmd)
+                    stream.times = messages.log_ns
+                    stream.values = np.array(values).reshape(len(values), n_joints)
                 elif name.endswith(":gripper"):
-                    if msg.name != spec.robot.gripper_joint_name:
-                        continue  # single commands to other joints are not the gripper
-                    stream.times.append(log_ns)
-                    stream.values.append(np.array(
-                        [spec.robot.normalize_gripper(float(msg.cmd))]))
+                    times, values = [], []
+                    for log_ns, raw in zip(messages.log_ns.tolist(), raws):
+                        msg = reader.deserialize(raw, messages.msgtype)
+                        if msg.name != spec.robot.gripper_joint_name:
+                            continue  # single commands to other joints are not the gripper
+                        times.append(log_ns)
+                        values.append(spec.robot.normalize_gripper(float(msg.cmd)))
+                    stream.times = np.array(times, np.int64)
+                    stream.values = np.array(values, np.float64).reshape(-1, 1)
                 else:
-                    values, velocity, effort = self.extractors[name](msg)
-                    stream.times.append(_stamp(spec.clock, raw, log_ns, True))
-                    stream.values.append(values)
-                    stream.velocity.append(velocity)
-                    stream.effort.append(effort)
+                    stamps, stream.values, stream.velocity, stream.effort = (
+                        self.extractors[name](raws))
+                    stream.times = _stamps(spec.clock, stamps, messages.log_ns)
+            messages.payloads = None  # parsed: let the buffers go
         for name, stream in {**self.streams, **{
                 f"camera:{k}": v for k, v in self.camera_streams.items()}}.items():
-            if not stream.times:
+            if not len(stream.times):
                 raise ConversionError(f"no usable messages on {stream.topic} ({name})")
 
     def sorted_times(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -304,7 +318,7 @@ class _BagStreams:
         times, orders = {}, {}
         for name, stream in list(self.streams.items()) + [
                 (f"camera:{k}", v) for k, v in self.camera_streams.items()]:
-            t = np.asarray(stream.times, dtype=np.int64)
+            t = stream.times
             order = np.argsort(t, kind="stable")
             times[name], orders[name] = t[order], order
         return times, orders
@@ -348,9 +362,9 @@ def _assemble(streams: _BagStreams, names: Iterable[str], key: str, rows: dict[s
         elif name.endswith(":gripper"):
             slots = slots[-1:]
         series = getattr(stream, key)
-        if any(v is None for v in series):
+        if series is None:
             return None
-        out[:, slots] = np.stack(series)[rows[name]]
+        out[:, slots] = series[rows[name]]
     return out
 
 
@@ -480,35 +494,115 @@ def _convert(bag: Path, spec: DataSpec, out_dir: Path, options: ConvertOptions,
 def _write_images(reader: BagReader, streams: _BagStreams, spec: DataSpec,
                   options: ConvertOptions, rows: dict[str, np.ndarray], offsets: np.ndarray,
                   writers: list[EpisodeWriter]) -> None:
-    """Pass 2: decode each used image once and write it to every frame that uses it."""
-    topic_camera = {t: c for c, t in streams.camera_topics.items()}
+    """Pass 2: read and decode each used image once, write it to every frame that uses it.
+
+    Images no frame uses (30 Hz cameras resampled at 25 Hz, stale stretches) are never read.
+    """
+    requests: list[tuple[TopicMessages, np.ndarray]] = []
     users: dict[str, dict[int, list[int]]] = {}
-    for camera in streams.camera_topics:
+    cameras: dict[str, str] = {}
+    for camera, topic in streams.camera_topics.items():
         table: dict[int, list[int]] = {}
         for frame, msg_row in enumerate(rows[f"camera:{camera}"].tolist()):
             table.setdefault(msg_row, []).append(frame)
         users[camera] = table
-    counters = dict.fromkeys(streams.camera_topics, 0)
+        cameras[topic] = camera
+        requests.append((streams.index[topic], np.array(sorted(table), np.int64)))
     buffers: dict[str, _FrameBuffer] = {c: _FrameBuffer(c, offsets, writers)
                                         for c in streams.camera_topics}
-    for topic, msgtype, _, raw in reader.messages(sorted(topic_camera)):
-        camera = topic_camera[topic]
-        index = counters[camera]
-        counters[camera] += 1
-        frames = users[camera].get(index)
-        if not frames:
-            continue
-        try:
-            image = decode_image(reader.deserialize(raw, msgtype))
-        except ImageDecodeError as exc:
-            raise ImageDecodeError(f"camera {camera} ({topic}) message {index}: {exc}") from None
-        if options.image_size is not None and image.shape[:2] != options.image_size:
-            h, w = options.image_size
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        for frame in frames:
+    for messages, row, image in _decoded_images(reader, requests, cameras, options.image_size):
+        camera = cameras[messages.topic]
+        for frame in users[camera][row]:
             buffers[camera].put(frame, image)
     for buffer in buffers.values():
         buffer.flush()
+
+
+def _decode(msg: Any, size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a parsed image message, resized to ``size`` (H, W) if given."""
+    image = decode_image(msg)
+    if size is not None and image.shape[:2] != size:
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def _decoded_images(reader: BagReader, requests: list[tuple[TopicMessages, np.ndarray]],
+                    cameras: dict[str, str], size: tuple[int, int] | None
+                    ) -> Iterator[tuple[TopicMessages, int, np.ndarray]]:
+    """``(topic, row, image)`` for every requested image; JPEG/PNG decoded on worker threads.
+
+    Decoding a compressed frame is the one costly step that releases the GIL (OpenCV), so
+    batches of frames are decoded on ``_DECODE_THREADS`` threads while this thread reads
+    and writes (batches, not frames: a future per frame costs more than it saves). Raw
+    frames are views of the message buffer and are yielded at once, so a camera's frames
+    may come out of order.
+    """
+    workers = _DECODE_THREADS if _DECODE_THREADS >= 0 else max(1, (os.cpu_count() or 1) - 1)
+    pending: collections.deque[tuple[list[tuple[TopicMessages, int]], Any]] = (
+        collections.deque())
+    batch: list[tuple[TopicMessages, int, Any]] = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        try:
+            for messages, row, raw in reader.fetch(requests):
+                try:
+                    if not messages.msgtype.endswith("CompressedImage"):
+                        yield messages, row, _decode(parse_image(raw), size)
+                        continue
+                    batch.append((messages, row, parse_compressed_image(raw)))
+                except (CdrError, ImageDecodeError) as exc:
+                    raise _image_error(cameras, messages, row, exc) from None
+                if len(batch) >= _DECODE_BATCH:
+                    pending.append(_submit(pool if workers else None, batch, size))
+                    batch = []
+                    while len(pending) > 2 * workers:
+                        yield from _collect(cameras, *pending.popleft())
+            if batch:
+                pending.append(_submit(pool if workers else None, batch, size))
+            while pending:
+                yield from _collect(cameras, *pending.popleft())
+        finally:
+            for _, result in pending:
+                if isinstance(result, concurrent.futures.Future):
+                    result.cancel()
+
+
+def _submit(pool: concurrent.futures.Executor | None,
+            batch: list[tuple[TopicMessages, int, Any]], size: tuple[int, int] | None
+            ) -> tuple[list[tuple[TopicMessages, int]], Any]:
+    """Decode ``batch`` on ``pool`` (a future) or here (None: the images or the error)."""
+    keys = [(messages, row) for messages, row, _ in batch]
+    msgs = [msg for _, _, msg in batch]
+    if pool is not None:
+        return keys, pool.submit(_decode_batch, msgs, size)
+    return keys, _decode_batch(msgs, size)
+
+
+def _decode_batch(msgs: list[Any], size: tuple[int, int] | None
+                  ) -> list[np.ndarray | ImageDecodeError]:
+    """Images of ``msgs``; a message that does not decode gives its error (not raised here,
+    so the caller can name the camera and message)."""
+    out: list[np.ndarray | ImageDecodeError] = []
+    for msg in msgs:
+        try:
+            out.append(_decode(msg, size))
+        except ImageDecodeError as exc:
+            out.append(exc)
+    return out
+
+
+def _collect(cameras: dict[str, str], keys: list[tuple[TopicMessages, int]], result: Any
+             ) -> Iterator[tuple[TopicMessages, int, np.ndarray]]:
+    images = result.result() if isinstance(result, concurrent.futures.Future) else result
+    for (messages, row), image in zip(keys, images):
+        if isinstance(image, ImageDecodeError):
+            raise _image_error(cameras, messages, row, image)
+        yield messages, row, image
+
+
+def _image_error(cameras: dict[str, str], messages: TopicMessages, row: int,
+                 exc: Exception) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"camera {cameras[messages.topic]} ({messages.topic}) message {row}: {exc}")
 
 
 class _FrameBuffer:
