@@ -1,0 +1,101 @@
+"""vla-finetune's command line: --help explains every option; bad arguments and unusable
+directories end with one clear line and exit status 2 (arguments) or 1 (data, OUT)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_loop import make_dataset
+
+from vla_policy_node.tools.finetune import build_parser, main
+from vla_policy_node.train.loop import check_resume, TrainConfig, TrainError, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("cli"))
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for action in build_parser()._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.dest
+        for option in action.option_strings:
+            assert option in text, option
+    for topic in ("resume", "torchrun", "exit status", "OUT/checkpoint/"):
+        assert topic in text, topic
+
+
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str]:
+    """(exit status, the only line on stderr) of main(argv)."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return status, lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
+    (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+    (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
+])
+def test_bad_arguments_exit_2(dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                              argv: list[str], message: str) -> None:
+    status, line = one_line_error(capsys, [str(dataset_dir), "--out", str(tmp_path), *argv])
+    assert status == 2 and line == f"vla-finetune: error: {message} (see vla-finetune --help)"
+
+
+def test_missing_dataset_directory_exits_2(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    status, line = one_line_error(capsys, [str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert status == 2
+    assert line.startswith(f"vla-finetune: error: dataset directory {tmp_path / 'nope'} does "
+                           f"not exist")
+
+
+def test_dataset_without_statistics_exits_1(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "data").mkdir()
+    status, line = one_line_error(capsys, [str(tmp_path / "data"), "--out", str(tmp_path / "o")])
+    assert status == 1
+    assert line == (f"vla-finetune: {tmp_path / 'data' / 'dataset_statistics.json'} not found "
+                    f"(run vla-convert on the bags first)")
+
+
+def test_output_of_another_run_exits_1(dataset_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    train(TrainConfig(data_dir=str(dataset_dir), output_dir=str(out), steps=1, batch_size=1,
+                      lora_rank=2, lr=1e-3, val_every=0))
+    capsys.readouterr()
+    status, line = one_line_error(capsys, [
+        str(dataset_dir), "--out", str(out), "--steps", "2", "--batch-size", "1",
+        "--lora-rank", "2", "--lr", "2e-3", "--val-every", "0", "--device", "cpu", "-q"])
+    assert status == 1
+    assert line.startswith(f"vla-finetune: {out / 'train_state' / 'step_00000001.pt'} was "
+                           f"saved by a run with other settings (lr 0.001 -> 0.002): "), line
+    # The same settings continue; another process count or other episodes do not.
+    path = out / "train_state" / "step_00000001.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    same = TrainConfig(data_dir=str(dataset_dir), output_dir=str(out), steps=5, batch_size=1,
+                       lora_rank=2, lr=1e-3, val_every=0)
+    check_resume(state, path, same, 1, state["episodes"])
+    with pytest.raises(TrainError, match=r"saved by 1 process\(es\), this run has 2"):
+        check_resume(state, path, same, 2, state["episodes"])
+    grown = {**state["episodes"], "train": [*state["episodes"]["train"], ["new.hdf5", 50]]}
+    with pytest.raises(TrainError, match="other dataset episodes"):
+        check_resume(state, path, same, 1, grown)
