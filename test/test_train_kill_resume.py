@@ -64,10 +64,9 @@ def test_sigkilled_run_resumes_to_the_same_result(dataset_dir: Path, tmp_path: P
     out = tmp_path / "killed"
     victim = finetune(dataset_dir, out, tmp_path / "victim.log")
     processes.append(victim)
-    first_state = out / STATE_DIR / f"step_{SAVE_EVERY:08d}.pt"
     # States appear by rename, complete: kill the moment the first one is there. How far the
     # victim got past it (another state, half of one) does not matter to the result.
-    while not first_state.exists():
+    while not state_steps(out):
         assert victim.poll() is None, (tmp_path / "victim.log").read_text()
         time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)

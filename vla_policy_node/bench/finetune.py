@@ -18,7 +18,7 @@ from vla_policy_node.bench import report
 from vla_policy_node.data.convert import convert_bags, ConvertOptions
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.data.synthetic import SyntheticEpisode, write_episode_bag
-from vla_policy_node.train.loop import TrainConfig, train
+from vla_policy_node.train.loop import TrainConfig, train, uses_bf16
 
 DESCRIPTION = "vla-finetune throughput (optimizer steps/s, samples/s) with LoRA"
 
@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", help="model preset (random weights)")
     parser.add_argument("--base", default="", help="base checkpoint directory instead")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: as vla-finetune, on for CUDA only)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[2, 8],
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          f"{args.warmup}")
     torch.set_num_threads(args.threads)
     rows, result = [], {"machine": report.machine_description(), "cases": []}
+    bf16 = uses_bf16(args.bf16, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = _dataset(root, tuple(args.image_size))
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             config = TrainConfig(
                 data_dir=str(data), output_dir=str(out), base=args.base, preset=args.preset,
                 steps=args.warmup + args.steps, batch_size=batch, lora_rank=args.lora_rank,
-                save_every=0, val_every=0, val_episodes=0, device=args.device)
+                save_every=0, val_every=0, val_episodes=0, device=args.device,
+                bf16=args.bf16)
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
 
@@ -79,17 +83,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             n = len(timed) if args.warmup else len(timed) - 1
             seconds = timed[-1] - start
             steps_per_s = n / seconds if seconds > 0 else float("nan")
-            case = {"preset": args.preset, "device": args.device, "batch_size": batch,
-                    "lora_rank": args.lora_rank, "steps": n, "seconds": seconds,
+            case = {"preset": args.preset, "device": args.device, "bf16": bf16,
+                    "batch_size": batch, "lora_rank": args.lora_rank, "steps": n,
+                    "seconds": seconds,
                     "steps_per_s": steps_per_s, "samples_per_s": steps_per_s * batch}
             if args.device.startswith("cuda"):
                 case["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             result["cases"].append(case)
-            rows.append([args.preset, args.device, batch, args.lora_rank, n,
-                         round(steps_per_s, 3), round(case["samples_per_s"], 2),
+            rows.append([args.preset, args.device, "bf16" if bf16 else "fp32", batch,
+                         args.lora_rank, n, round(steps_per_s, 3),
+                         round(case["samples_per_s"], 2),
                          round(case.get("peak_memory_gb", float("nan")), 2)])
-    table = report.format_table(["preset", "device", "batch", "LoRA r", "steps", "steps/s",
-                                 "samples/s", "peak GPU GB"], rows)
+    table = report.format_table(["preset", "device", "autocast", "batch", "LoRA r", "steps",
+                                 "steps/s", "samples/s", "peak GPU GB"], rows)
     print(table)
     if args.update_docs:
         report.update_docs_section("finetune", (

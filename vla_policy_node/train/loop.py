@@ -141,6 +141,12 @@ class TrainResult:
     world_size: int = 1
 
 
+def uses_bf16(bf16: bool | None, device: str) -> bool:
+    """Whether a run autocasts to bf16: as asked, else on CUDA only (CPUs without native bf16
+    emulate it slowly, and CPU runs are tests and small jobs)."""
+    return bf16 if bf16 is not None else torch.device(device).type == "cuda"
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) for a plain process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -436,8 +442,7 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         val_losses = {int(k): float(v) for k, v in state["val_losses"].items()}
         logger.info("resumed from %s (step %d)", state_path, start)
         del state  # the optimizer holds its own copies now
-    use_bf16 = (config.bf16 if config.bf16 is not None
-                else torch.device(device).type == "cuda")
+    use_bf16 = uses_bf16(config.bf16, device)
     if use_bf16:
         logger.info("bf16 autocast on %s (weights and optimizer stay float32)", device)
 
