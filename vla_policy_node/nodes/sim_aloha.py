@@ -237,7 +237,12 @@ class SimAlohaNode(Node):
         self._next_camera = self._next_joints = 0.0
         wall_start, sim_start = time.monotonic(), self.sim_time
         last_report = time.monotonic()
+        # Catching up after a slow step (a camera frame) runs at most at twice the paced rate:
+        # every /clock tick leaves the nodes that answer it (executor, teleoperator) at least
+        # half a control period to do so before the next step.
+        min_gap = 0.5 * self.dt / self.rtf if self.rtf > 0 else 0.0
         while not self._stop.is_set() and self.context.ok():
+            step_start = time.monotonic()
             try:
                 self._step_and_publish(camera_period, joint_period)
             except Exception:
@@ -245,13 +250,13 @@ class SimAlohaNode(Node):
                     break  # shut down (Ctrl-C) while publishing
                 raise
             if self.rtf > 0:
-                # Pace to wall time when faster; when slower, let simulated time lag (no burst
-                # of catch-up steps).
-                ahead = (self.sim_time - sim_start) / self.rtf - (time.monotonic() - wall_start)
-                if ahead > 0:
-                    self._stop.wait(ahead)
-                elif ahead < -0.5:
-                    wall_start, sim_start = time.monotonic(), self.sim_time
+                now = time.monotonic()
+                ahead = (self.sim_time - sim_start) / self.rtf - (now - wall_start)
+                if ahead < -0.5:  # far behind: let simulated time lag instead of catching up
+                    wall_start, sim_start = now, self.sim_time
+                wait = max(ahead, min_gap - (now - step_start))
+                if wait > 0:
+                    self._stop.wait(wait)
             if time.monotonic() - last_report > 10.0:
                 last_report = time.monotonic()
                 self.get_logger().info(f"sim time {self.sim_time:.1f} s, {self.counters}")
