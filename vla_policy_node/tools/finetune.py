@@ -17,8 +17,6 @@ from typing import Callable, NoReturn
 import torch
 from tqdm import tqdm
 
-from vla_policy_node.model.checkpoint import CheckpointError
-from vla_policy_node.model.configuration_oft import PRESETS
 from vla_policy_node.train.dataset import DatasetError
 from vla_policy_node.train.loop import (FINAL_DIR, LOG_FILE, STATE_DIR, TrainConfig, TrainError,
                                         train)
@@ -77,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--base", default="", metavar="DIR",
                        help="base checkpoint directory: an OpenVLA / OpenVLA-OFT checkpoint or "
                             "ours (default: --preset with random weights)")
-    model.add_argument("--preset", default="tiny", choices=PRESETS, metavar="NAME",
-                       help=f"model preset when there is no --base, random weights: "
-                            f"{', '.join(PRESETS)} (tiny*: tests and demos; default: "
-                            f"%(default)s)")
+    model.add_argument("--preset", default="tiny", metavar="NAME",
+                       help="model preset when there is no --base, random weights: tiny or "
+                            "openvla-7b, each also -libero, -diffusion, -discrete (tiny*: "
+                            "tests and demos; default: %(default)s)")
     model.add_argument("--lora-rank", type=_int_at_least(0), default=32, metavar="R",
                        help="LoRA rank on every linear layer of the backbone; 0: train every "
                             "weight (default: %(default)s, as OFT)")
@@ -157,6 +155,11 @@ def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--out {args.out} exists and is not a directory")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch has no CUDA device")
+    # Imported here, not at the top: the model package loads transformers (seconds), which
+    # --help and the checks above do not need.
+    from vla_policy_node.model.configuration_oft import PRESETS
+    if not args.base and args.preset not in PRESETS:
+        parser.error(f"unknown --preset {args.preset!r}; known: {', '.join(PRESETS)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if bar.disable:
             print(f"step {step} loss {loss:.6f}", flush=True)
 
+    from vla_policy_node.model.checkpoint import CheckpointError
     try:
         result = train(config, progress)
     except (CheckpointError, DatasetError, TrainError, FloatingPointError) as exc:
