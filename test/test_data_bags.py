@@ -9,6 +9,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
+from vla_policy_node.data import bags
 from vla_policy_node.data.bags import BagError, BagReader, make_typestore
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.data.synthetic import SyntheticEpisode, write_episode_bag
@@ -50,9 +51,27 @@ def check_against_rosbags(bag: Path, store: str) -> None:
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_index_and_fetch_match_rosbags(tmp_path: Path, storage: str) -> None:
-    check_against_rosbags(write_episode_bag(tmp_path / "bag", SPEC, SyntheticEpisode(
-        duration=0.5, storage=storage)), "_McapStore" if storage == "mcap" else "_SqliteStore")
+@pytest.mark.parametrize("metadata", [True, False], ids=["metadata", "bare-file"])
+def test_index_and_fetch_match_rosbags(tmp_path: Path, storage: str, metadata: bool) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC, SyntheticEpisode(duration=0.5,
+                                                                     storage=storage))
+    if not metadata:  # opened by rosbags through the storage file
+        (bag / "metadata.yaml").unlink()
+    check_against_rosbags(bag, "_McapStore" if storage == "mcap" else "_SqliteStore")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_metadata_read_without_rosbags_matches_rosbags(tmp_path: Path, storage: str,
+                                                       monkeypatch) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC, SyntheticEpisode(duration=0.5,
+                                                                     storage=storage))
+    with BagReader(bag) as reader:
+        light = reader.contents()
+        assert reader._reader is None  # rosbags never opened
+    monkeypatch.setattr(bags, "_read_metadata", lambda *_: None)
+    with BagReader(bag) as reader:
+        assert reader.contents() == light
+        assert reader._reader is not None
 
 
 def write_small_bag(path: Path, mode: CompressionMode, chunk_messages: int = 300) -> Path:

@@ -13,13 +13,14 @@ import functools
 import logging
 import mmap
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 import sqlite3
 import struct
 from typing import Any, Collection, Iterator, Sequence
 import zlib
 
 import numpy as np
+import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import DECOMPRESSORS, McapReader
 from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
@@ -112,18 +113,80 @@ class BagContents:
     end_ns: int = 0
 
 
+@dataclass
+class _Metadata:
+    """What :class:`BagReader` needs from metadata.yaml when it reads the storage itself."""
+
+    storage: str
+    paths: list[Path]
+    contents: BagContents
+
+
+def _read_metadata(bag: Path, typestore: Typestore) -> _Metadata | None:
+    """metadata.yaml of a plain bag (mcap/sqlite3, CDR, no compression, known types).
+
+    None for anything else, so that rosbags opens (and judges) the bag. rosbags parses the
+    file with pure-Python ruamel.yaml (~7 ms, as much as the rest of opening); PyYAML's C
+    loader takes 0.5 ms.
+    """
+    try:
+        info = yaml.load((bag / "metadata.yaml").read_text(),
+                         Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        info = info["rosbag2_bagfile_information"]
+        if (int(info["version"]) > 9 or info["storage_identifier"] not in ("mcap", "sqlite3")
+                or str(info.get("compression_mode") or "none").lower() != "none"):
+            return None
+        paths = [bag / PurePath(name).name for name in info["relative_file_paths"]]
+        if not paths or not all(p.is_file() for p in paths):
+            return None
+        topics: dict[str, TopicInfo] = {}
+        for entry in info["topics_with_message_count"]:
+            meta = entry["topic_metadata"]
+            if meta["serialization_format"] != "cdr" or meta["type"] not in (
+                    typestore.fielddefs):
+                return None
+            topic = topics.setdefault(meta["name"], TopicInfo(meta["name"], meta["type"], 0))
+            topic.count += int(entry["message_count"])
+        if info["storage_identifier"] == "mcap" and not all(map(_mcap_looks_whole, paths)):
+            return None
+        count = int(info["message_count"])
+        start = int(info["starting_time"]["nanoseconds_since_epoch"])
+        custom = {str(k): str(v) for k, v in (info.get("custom_data") or {}).items()}
+        end = start + int(info["duration"]["nanoseconds"]) + 1  # as rosbags reports it
+        return _Metadata(info["storage_identifier"], paths, BagContents(
+            bag, topics, custom, start if count else 0, end if count else 0))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _mcap_looks_whole(path: Path) -> bool:
+    """Magic at both ends and a footer: a file rosbags would open (a cut file is not)."""
+    size = path.stat().st_size
+    if size < 2 * len(_MCAP_MAGIC) + 9 + 29:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(len(_MCAP_MAGIC))
+        f.seek(size - len(_MCAP_MAGIC) - 29)
+        tail = f.read()
+    return head == _MCAP_MAGIC and tail[-len(_MCAP_MAGIC):] == _MCAP_MAGIC and tail[0] == 0x02
+
+
 class BagReader:
     """Read one rosbag2 (a directory with metadata.yaml, or a bare .mcap / .db3 file).
 
     A bag directory whose ``metadata.yaml`` is missing (``ros2 bag record`` killed hard) is
     opened through its single storage file. Use as a context manager.
+
+    Plain bags (mcap or sqlite3 with CDR messages of known types, no compression) are read
+    without ``rosbags``: metadata.yaml through PyYAML and the storage through :meth:`index`
+    and :meth:`fetch`. ``rosbags`` opens everything else, and serves :meth:`messages`.
     """
 
     def __init__(self, path: str | os.PathLike, typestore: Typestore | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f"bag not found: {self.path}")
-        target = self.path
+        self._target = self.path
         if self.path.is_dir() and not (self.path / "metadata.yaml").is_file():
             files = sorted(self.path.glob("*.mcap")) + sorted(self.path.glob("*.db3"))
             if len(files) != 1:
@@ -132,17 +195,30 @@ class BagReader:
                     f"(run `ros2 bag reindex` on it)")
             logger.warning("%s has no metadata.yaml; reading %s directly", self.path,
                            files[0].name)
-            target = files[0]
+            self._target = files[0]
         self.typestore = typestore or _shared_typestore()
         self._own_typestore = typestore is not None
-        try:
-            self._reader = Reader(target)
-            self._reader.open()
-        except Exception as exc:  # noqa: BLE001 - rosbags raises many kinds; all mean "bad bag"
-            raise BagError(f"cannot open bag {self.path}: {type(exc).__name__}: {exc}") from exc
-        self._register_embedded_types()
         self._store: _Store | None = None
         self._contents: BagContents | None = None
+        self._reader: Reader | None = None
+        self._metadata = (_read_metadata(self.path, self.typestore)
+                          if self._target.is_dir() else None)
+        if self._metadata is None:
+            self._open_rosbags()
+        else:
+            self._contents = self._metadata.contents
+
+    def _open_rosbags(self) -> Reader:
+        if self._reader is None:
+            try:
+                reader = Reader(self._target)
+                reader.open()
+            except Exception as exc:  # noqa: BLE001 - rosbags raises many kinds: a bad bag
+                raise BagError(
+                    f"cannot open bag {self.path}: {type(exc).__name__}: {exc}") from exc
+            self._reader = reader
+            self._register_embedded_types()
+        return self._reader
 
     def __enter__(self) -> "BagReader":
         return self
@@ -154,10 +230,11 @@ class BagReader:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._reader.is_open:
+        if self._reader is not None and self._reader.is_open:
             self._reader.close()
 
     def _register_embedded_types(self) -> None:
+        assert self._reader is not None
         known = set(self.typestore.fielddefs)
         types: dict[str, Any] = {}
         for conn in self._reader.connections:
@@ -180,18 +257,19 @@ class BagReader:
     def contents(self) -> BagContents:
         if self._contents is not None:
             return self._contents
+        reader = self._open_rosbags()
         topics: dict[str, TopicInfo] = {}
-        for conn in self._reader.connections:
+        for conn in reader.connections:
             info = topics.setdefault(conn.topic, TopicInfo(conn.topic, conn.msgtype, 0))
             info.count += conn.msgcount
         custom: dict[str, str] = {}
-        metadata = getattr(self._reader.storage, "metadata", None)
+        metadata = getattr(reader.storage, "metadata", None)
         if metadata is not None and getattr(metadata, "custom", None):
             custom = {str(k): str(v) for k, v in metadata.custom.items()}
         self._contents = BagContents(
             self.path, topics, custom,
-            self._reader.start_time if self._reader.message_count else 0,
-            self._reader.end_time if self._reader.message_count else 0)
+            reader.start_time if reader.message_count else 0,
+            reader.end_time if reader.message_count else 0)
         return self._contents
 
     def messages(self, topics: Sequence[str]) -> Iterator[tuple[str, str, int, bytes]]:
@@ -200,11 +278,12 @@ class BagReader:
         Raises:
             BagError: the storage is corrupt or truncated (raised where the damage starts).
         """
-        connections = [c for c in self._reader.connections if c.topic in set(topics)]
+        reader = self._open_rosbags()
+        connections = [c for c in reader.connections if c.topic in set(topics)]
         if not connections:
             return
         try:
-            for conn, stamp, raw in self._reader.messages(connections=connections):
+            for conn, stamp, raw in reader.messages(connections=connections):
                 yield conn.topic, conn.msgtype, stamp, raw
         except BagError:
             raise
@@ -262,6 +341,27 @@ class BagReader:
         with self._storage_errors():
             yield from store.fetch(requests, head)
 
+    def _open_store(self) -> "_Store":
+        if self._metadata is not None:
+            paths, storage = self._metadata.paths, self._metadata.storage
+        else:
+            rosbags = self._open_rosbags().storage
+            parts = list(getattr(rosbags, "storages", [rosbags]))
+            compressed = getattr(getattr(rosbags, "metadata", None), "compression_mode", None)
+            paths = [Path(p.path) for p in parts]  # 'file' compression: decompressed copies
+            storage = ("mcap" if parts and all(isinstance(p, McapReader) for p in parts) else
+                       "sqlite3" if parts and all(isinstance(p, Sqlite3Reader) for p in parts)
+                       else "")
+            if compressed == "message":
+                storage = ""
+        if storage == "mcap":
+            self._store = _McapStore(self, paths)
+        elif storage == "sqlite3":
+            self._store = _SqliteStore(self, paths)
+        else:
+            self._store = _GenericStore(self)
+        return self._store
+
     @contextlib.contextmanager
     def _storage_errors(self) -> Iterator[None]:
         """Storage failures (bad offsets, sqlite errors) become a BagError naming the bag."""
@@ -273,22 +373,6 @@ class BagReader:
                 RuntimeError) as exc:
             raise BagError(
                 f"bag {self.path} is damaged: {type(exc).__name__}: {exc}") from exc
-
-    def _open_store(self) -> "_Store":
-        storage = self._reader.storage
-        parts = list(getattr(storage, "storages", [storage]))
-        compressed = getattr(getattr(storage, "metadata", None), "compression_mode", None)
-        if compressed != "message" and parts:
-            if all(isinstance(p, McapReader) for p in parts):
-                self._store = _McapStore(self, [Path(p.path) for p in parts],
-                                         [{c.id: c.topic for c in p.connections}
-                                          for p in parts])
-                return self._store
-            if all(isinstance(p, Sqlite3Reader) for p in parts):
-                self._store = _SqliteStore(self, [Path(p.path) for p in parts])
-                return self._store
-        self._store = _GenericStore(self)
-        return self._store
 
 
 @dataclass
@@ -342,7 +426,8 @@ _MCAP_MAGIC = b"\x89MCAP0\r\n"
 _RECORD = struct.Struct("<BQ")           # opcode, record length
 _MESSAGE = struct.Struct("<HIQ")         # channel id, sequence, log time (publish time follows)
 _CHUNK = struct.Struct("<QQQII")         # start, end, uncompressed size, crc, compression length
-_OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x05, 0x06, 0x0F
+_CHANNEL = struct.Struct("<HHI")         # channel id, schema id, topic length
+_OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x04, 0x05, 0x06, 0x0F
 
 
 class _McapStore(_Store):
@@ -352,11 +437,9 @@ class _McapStore(_Store):
     the mapped file, otherwise offsets in that (compressed) chunk's decompressed records.
     """
 
-    def __init__(self, owner: BagReader, paths: list[Path],
-                 channel_topics: list[dict[int, str]]) -> None:
+    def __init__(self, owner: BagReader, paths: list[Path]) -> None:
         self.owner = owner
         self.paths = paths
-        self.channel_topics = channel_topics
         self.maps: list[mmap.mmap] = []
         for path in paths:
             with open(path, "rb") as f:
@@ -401,38 +484,60 @@ class _McapStore(_Store):
             t: ([], [], [] if t in load else None) for t in topics}
         self.chunks = []
         for f, mm in enumerate(self.maps):
-            wanted = {cid: found[t] for cid, t in self.channel_topics[f].items() if t in found}
-            if not wanted:
-                continue
-            data_start, data_end = self._data_section(f, mm)
-            view = memoryview(mm)
-            pos = data_start
-            while pos < data_end:
-                if pos + 9 > data_end:
-                    raise self._damaged(f, f"truncated record at offset {pos}")
-                op, length = _RECORD.unpack_from(mm, pos)
-                body, end = pos + 9, pos + 9 + length
-                if end > data_end:
-                    raise self._damaged(f, f"truncated record at offset {pos}: {length} bytes "
-                                           f"announced, {data_end - body} left")
-                if op == _OP_MESSAGE:
-                    self._message(view, body, end, f, -1, wanted, f"offset {pos}")
-                elif op == _OP_CHUNK:
-                    self._chunk(f, mm, view, body, end, wanted)
-                elif op == _OP_DATA_END:
-                    break
-                pos = end
+            data_start, data_end, summary_end = self._sections(f, mm)
+            # Channel id -> what to collect. The summary lists every channel; a file without
+            # one declares each channel before its first message (the mcap rule).
+            wanted: dict[int, Any] = {}
+            self._scan(f, mm, data_end, summary_end, found, wanted, summary=True)
+            self._scan(f, mm, data_start, data_end, found, wanted, summary=False)
         return {t: _sorted_topic(t, msgtypes[t], 4, *found[t]) for t in topics}
 
-    @staticmethod
-    def _data_section(f: int, mm: mmap.mmap) -> tuple[int, int]:
-        # rosbags has validated magic, header and footer when the bag was opened.
+    def _sections(self, f: int, mm: mmap.mmap) -> tuple[int, int, int]:
+        """Offsets where the data section starts and ends, and where the summary ends."""
         size = len(mm)
+        footer = size - len(_MCAP_MAGIC) - 29
+        if footer < len(_MCAP_MAGIC) + 9 or mm[footer] != 0x02:
+            raise self._damaged(f, "no mcap footer (file end magic is invalid)")
         _, header_length = _RECORD.unpack_from(mm, len(_MCAP_MAGIC))
         data_start = len(_MCAP_MAGIC) + 9 + header_length
-        footer = size - len(_MCAP_MAGIC) - 29
         (summary_start,) = struct.unpack_from("<Q", mm, footer + 9)
-        return data_start, summary_start if summary_start else footer
+        if summary_start and not data_start <= summary_start <= footer:
+            raise self._damaged(f, f"summary offset {summary_start} outside the file")
+        return data_start, summary_start or footer, footer
+
+    def _scan(self, f: int, mm: mmap.mmap, pos: int, stop: int, found: dict[str, Any],
+              wanted: dict[int, Any], summary: bool) -> None:
+        view = memoryview(mm)
+        while pos < stop:
+            if pos + 9 > stop:
+                raise self._damaged(f, f"truncated record at offset {pos}")
+            op, length = _RECORD.unpack_from(mm, pos)
+            body, end = pos + 9, pos + 9 + length
+            if end > stop:
+                raise self._damaged(f, f"truncated record at offset {pos}: {length} bytes "
+                                       f"announced, {stop - body} left")
+            if op == _OP_CHANNEL:
+                self._channel(mm, body, end, f, found, wanted)
+            elif summary:
+                pass  # schemas, chunk indexes, statistics: nothing needed here
+            elif op == _OP_MESSAGE:
+                self._message(view, body, end, f, -1, wanted, f"offset {pos}")
+            elif op == _OP_CHUNK:
+                self._chunk(f, mm, view, body, end, found, wanted)
+            elif op == _OP_DATA_END:
+                break
+            pos = end
+
+    def _channel(self, buf: Any, body: int, end: int, f: int, found: dict[str, Any],
+                 wanted: dict[int, Any]) -> None:
+        if end - body < 8:
+            raise self._damaged(f, f"channel record of {end - body} bytes")
+        cid, _, length = _CHANNEL.unpack_from(buf, body)
+        if body + 8 + length > end:
+            raise self._damaged(f, f"channel record {cid}: topic runs past the record")
+        topic = bytes(buf[body + 8:body + 8 + length]).decode(errors="replace")
+        if topic in found:
+            wanted[cid] = found[topic]
 
     def _message(self, buf: Any, body: int, end: int, f: int, chunk: int,
                  wanted: dict[int, Any], where: str) -> None:
@@ -450,7 +555,7 @@ class _McapStore(_Store):
             payloads.append(buf[body + 22:end] if chunk < 0 else bytes(buf[body + 22:end]))
 
     def _chunk(self, f: int, mm: mmap.mmap, view: memoryview, body: int, end: int,
-               wanted: dict[int, Any]) -> None:
+               found: dict[str, Any], wanted: dict[int, Any]) -> None:
         if end - body < _CHUNK.size + 8:
             raise self._damaged(f, f"chunk record of {end - body} bytes at {body - 9}")
         _, _, size, crc, name_length = _CHUNK.unpack_from(mm, body)
@@ -483,6 +588,8 @@ class _McapStore(_Store):
                 raise self._damaged(f, f"chunk at {body - 9}: truncated record at {pos}")
             if op == _OP_MESSAGE:
                 self._message(buf, pos + 9, rec_end, f, chunk, wanted, f"chunk {body - 9}")
+            elif op == _OP_CHANNEL:
+                self._channel(buf, pos + 9, rec_end, f, found, wanted)
             pos = rec_end
         if chunk >= 0:
             self._cached = None  # the index does not keep decompressed chunks alive
@@ -522,8 +629,7 @@ class _SqliteStore(_Store):
         self.connections: list[sqlite3.Connection] = []
         try:
             for path in paths:
-                con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                      check_same_thread=False)
+                con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
                 self.connections.append(con)
                 con.execute(f"PRAGMA mmap_size={self._MMAP_SIZE}")
         except BaseException:
@@ -549,12 +655,17 @@ class _SqliteStore(_Store):
                 query = (f"SELECT topic_id, id, timestamp{', data' if with_data else ''} "
                          f"FROM messages WHERE topic_id IN ({','.join('?' * len(chosen))}) "
                          f"ORDER BY timestamp, id")
-                for row in con.execute(query, chosen):
-                    times, locators, payloads = found[ids[row[0]]]
-                    times.append(row[2])
-                    locators.append((f, row[1]))
+                columns = list(zip(*con.execute(query, chosen).fetchall()))
+                if not columns:
+                    continue
+                topic_ids, message_ids, stamps = (np.array(c, np.int64) for c in columns[:3])
+                for tid in chosen:
+                    rows = np.flatnonzero(topic_ids == tid)
+                    times, locators, payloads = found[ids[tid]]
+                    times.extend(stamps[rows].tolist())
+                    locators.extend(zip([f] * len(rows), message_ids[rows].tolist()))
                     if payloads is not None:
-                        payloads.append(row[3])
+                        payloads.extend(columns[3][i] for i in rows.tolist())
         return {t: _sorted_topic(t, msgtypes[t], 2, *found[t]) for t in topics}
 
     def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
