@@ -1,16 +1,21 @@
 """Bag -> ALOHA-style HDF5 episodes + dataset_statistics.json (the core of ``vla-convert``).
 
-One bag is one episode. Conversion reads a bag twice and never holds more than a block of
-images in memory, so hour-long 3-camera episodes convert on a small machine:
+One bag is one episode. Conversion indexes a bag once and never holds more than a few images
+in memory, so hour-long 3-camera episodes convert on a small machine:
 
-1. every non-image message is deserialized (joint states, commands, instruction, success);
-   of the images only the header stamps are read (8 bytes, no decoding);
+1. :meth:`BagReader.index` lists every message of the used topics (log time and where it
+   lies; mcap files are memory-mapped). Joint states are read whole and decoded a topic at
+   a time (:func:`vla_policy_node.data.cdr.parse_joint_states`); the rare messages
+   (commands, instruction, success) go through the generic deserializer; of the images only
+   the header stamps are read (12 bytes each, no decoding);
 2. the streams are resampled on a reference clock at ``rate_hz`` (latest message at or before
    each tick, no older than ``max_age``); frames where a stream is stale are dropped, which
    splits the episode into segments (``<bag>.hdf5`` or ``<bag>_seg<i>.hdf5``);
-3. the image topics are read again and only the messages that some frame uses are decoded,
-   through :func:`vla_policy_node.data.images.decode_image` (the function the policy node
-   uses), and written into the episode files.
+3. only the image messages that some frame uses are fetched (a 30 Hz camera resampled at
+   25 Hz skips one in six) and decoded, each once, through
+   :func:`vla_policy_node.data.images.decode_image` (the function the policy node uses); raw
+   frames are views of the mapped bag and go to HDF5 as raw chunks without a copy, JPEG/PNG
+   frames are decoded on a worker thread while this one writes.
 
 A bag that cannot be read, lacks a topic, names other joints or holds undecodable images is
 reported and skipped. ``conversion.json`` in the output directory records what was converted
