@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import zlib
 
 import numpy as np
 import pytest
@@ -112,4 +113,39 @@ def test_damaged_chunk_is_a_bag_error(tmp_path: Path) -> None:
     data[chunk + 1:chunk + 9] = (len(data) * 2).to_bytes(8, "little")  # runs past the end
     mcap.write_bytes(bytes(data))
     with BagReader(bag) as reader, pytest.raises(BagError, match="damaged.*truncated record"):
+        reader.index(["/text"])
+
+
+def test_sqlite3_without_blobopen(tmp_path: Path, monkeypatch) -> None:
+    """Python 3.10 has no Connection.blobopen: whole blobs through SELECT, same bytes."""
+    monkeypatch.setattr(bags, "_BLOBOPEN", False)
+    check_against_rosbags(write_episode_bag(tmp_path / "bag", SPEC, SyntheticEpisode(
+        duration=0.3, storage="sqlite3")), "_SqliteStore")
+
+
+def set_chunk_crcs(mcap: Path, corrupt: bool = False) -> None:
+    """Store the CRC of every (uncompressed) chunk, as ros2 bag record's writer does."""
+    data = bytearray(mcap.read_bytes())
+    pos = 8 + 9 + int.from_bytes(data[9:17], "little")
+    while data[pos] != 0x0F:  # DataEnd
+        length = int.from_bytes(data[pos + 1:pos + 9], "little")
+        if data[pos] == 0x06:
+            body = pos + 9
+            size = int.from_bytes(data[body + 16:body + 24], "little")
+            start = body + 32 + int.from_bytes(data[body + 28:body + 32], "little") + 8
+            data[body + 24:body + 28] = zlib.crc32(data[start:start + size]).to_bytes(4, "little")
+            if corrupt:
+                data[start + size // 2] ^= 0xFF
+                corrupt = False
+        pos += 9 + length
+    mcap.write_bytes(bytes(data))
+
+
+def test_mcap_chunk_checksums_are_verified(tmp_path: Path) -> None:
+    good = write_small_bag(tmp_path / "good", CompressionMode.NONE)
+    set_chunk_crcs(next(good.glob("*.mcap")))
+    check_against_rosbags(good, "_McapStore")  # rosbags verifies them too
+    bad = write_small_bag(tmp_path / "bad", CompressionMode.NONE)
+    set_chunk_crcs(next(bad.glob("*.mcap")), corrupt=True)
+    with BagReader(bad) as reader, pytest.raises(BagError, match="checksum mismatch"):
         reader.index(["/text"])

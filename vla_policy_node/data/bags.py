@@ -615,6 +615,9 @@ class _McapStore(_Store):
                 view.release()
 
 
+_BLOBOPEN = hasattr(sqlite3.Connection, "blobopen")
+
+
 class _SqliteStore(_Store):
     """sqlite3 files: ids and times in one query; blobs read one by one, only those asked for.
 
@@ -676,7 +679,7 @@ class _SqliteStore(_Store):
                                            tm.locators[rows].tolist()))
         for f, message_id, r, row in items:
             con = self.connections[f]
-            if hasattr(con, "blobopen"):  # Python >= 3.11: reads only the pages asked for
+            if _BLOBOPEN:  # Python >= 3.11: reads only the pages asked for
                 with con.blobopen("messages", "data", message_id, readonly=True) as blob:
                     data = blob.read(-1 if head is None else head)
             else:
