@@ -573,7 +573,7 @@ class _McapStore(_Store):
                                        f"records, {size} announced")
             if crc and zlib.crc32(view[start:start + size]) != crc:
                 raise self._damaged(f, f"chunk at {body - 9}: checksum mismatch")
-            buf, base, chunk = mm, start, -1
+            buf, base, chunk = view, start, -1
         else:
             self.chunks.append((f, start, start + records_length, compression, size, crc))
             chunk = len(self.chunks) - 1
