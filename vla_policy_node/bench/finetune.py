@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append([args.preset, args.device, "bf16" if bf16 else "fp32", batch,
                          args.lora_rank, n, round(steps_per_s, 3),
                          round(case["samples_per_s"], 2),
-                         round(case.get("peak_memory_gb", float("nan")), 2)])
+                         round(case["peak_memory_gb"], 2) if "peak_memory_gb" in case
+                         else "-"])
     table = report.format_table(["preset", "device", "autocast", "batch", "LoRA r", "steps",
                                  "steps/s", "samples/s", "peak GPU GB"], rows)
     print(table)
