@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 import re
+import signal
 import subprocess
 import sys
 
@@ -48,8 +49,19 @@ def torchrun(dataset_dir: Path, out: Path, logs: Path, steps: int) -> subprocess
             "--steps", str(steps), "--batch-size", "1", "--grad-accumulation", "2",
             "--lora-rank", "4", "--lora-alpha", "8", "--lr", "2e-3", "--save-every", "2",
             "--val-every", "2", "--val-batches", "2", "--no-augment", "--device", "cpu", "-q"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Own process group: on a hang, kill torchrun and its workers, not only torchrun.
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        ranks = "".join(f"--- rank {r}:\n{rank_output(logs, r)[-3000:]}" for r in (0, 1)
+                        if list(logs.glob(f"*/attempt_0/{r}")))
+        pytest.fail(f"torchrun did not finish in 180 s\n{stderr[-3000:]}\n{ranks}")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def rank_output(logs: Path, rank: int) -> str:
@@ -58,6 +70,7 @@ def rank_output(logs: Path, rank: int) -> str:
     return (directory / "stdout.log").read_text() + (directory / "stderr.log").read_text()
 
 
+@pytest.mark.timeout(420)  # two torchruns of at most 180 s each, then clean-up
 def test_torchrun_two_cpu_processes(dataset_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     first = torchrun(dataset_dir, out, tmp_path / "logs1", steps=2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 import datetime
+import gc
 import hashlib
 import json
 import logging
@@ -530,6 +531,13 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                  "config": asdict(config)}, default=str, indent=1))
     if world > 1:
         import torch.distributed as dist
+        # Drop DDP while the process group is still registered. Its Reducer holds the group,
+        # and when the Reducer is the last holder, the gloo group is destroyed with the GIL
+        # held: its destructor joins the worker threads, which may need the GIL to free a
+        # finished collective's tensors, and the process hangs at exit (seen under load;
+        # pytorch/pytorch#56297). Destroyed through destroy_process_group, it releases the GIL.
+        del forward
+        gc.collect()
         # The others wait for rank 0's final save: torchrun must not see the job end first.
         dist.barrier()
         if own_group:
