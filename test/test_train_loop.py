@@ -52,14 +52,19 @@ def test_training_loss_goes_down(dataset_dir: Path, tmp_path: Path) -> None:
     assert set(result.val_losses) == {16}
 
 
-def test_resume_after_interruption_repeats_the_same_steps(dataset_dir: Path,
-                                                          tmp_path: Path) -> None:
-    straight = train(config(dataset_dir, tmp_path / "a"), stop_after=5)
+@pytest.mark.parametrize("settings", [
+    {},
+    # Random draws inside the step: diffusion noise and timesteps, LoRA dropout.
+    {"preset": "tiny-diffusion", "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.2},
+], ids=["l1", "diffusion-dropout"])
+def test_resume_after_interruption_repeats_the_same_steps(dataset_dir: Path, tmp_path: Path,
+                                                          settings: dict) -> None:
+    straight = train(config(dataset_dir, tmp_path / "a", **settings), stop_after=5)
     # The interrupted run saved a state at step 3 (save_every) and died at step 4.
-    first = train(config(dataset_dir, tmp_path / "b"), stop_after=4)
+    first = train(config(dataset_dir, tmp_path / "b", **settings), stop_after=4)
     assert [p.name for p in (tmp_path / "b" / STATE_DIR).glob("step_*.pt")] == [
         "step_00000003.pt"]
-    resumed = train(config(dataset_dir, tmp_path / "b"), stop_after=5)
+    resumed = train(config(dataset_dir, tmp_path / "b", **settings), stop_after=5)
     assert resumed.resumed_from == 3
     assert resumed.losses[:3] == first.losses[:3]
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)

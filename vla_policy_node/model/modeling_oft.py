@@ -298,9 +298,10 @@ class OFTModel(nn.Module):
         return torch.as_tensor(actions, dtype=torch.float32).reshape(
             b, self.config.chunk_length, self.config.action_dim)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+    def forward(self, batch: dict[str, torch.Tensor],
+                generator: torch.Generator | None = None) -> Any:
         """Training forward: the loss (same as :meth:`compute_loss`)."""
-        return self.compute_loss(batch)
+        return self.compute_loss(batch, generator)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

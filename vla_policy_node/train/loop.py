@@ -6,11 +6,12 @@ augmentation (random resized crop 0.9, colour jitter). bf16 autocast (on CUDA by
 CPU when asked; the weights and the optimizer stay float32), gradient accumulation, DDP under
 torchrun (gloo on CPU, nccl with one GPU per process on CUDA).
 
-Exact resume: a state holds the trainable weights, the optimizer and scheduler, the step and
-the torch RNG; batches and augmentations are drawn from generators seeded by (seed, step,
-rank), so a run killed after state N and resumed repeats steps N+1... exactly. States are
-written to a temporary file and renamed, so a kill while saving never leaves a half state
-that a resume would pick.
+Exact resume: a state holds the trainable weights, the optimizer and scheduler and the step;
+every random draw (batches, augmentations, dropout, diffusion noise) comes from a generator
+seeded by (seed, step, micro-batch, rank), so a run killed after state N and resumed repeats
+steps N+1... exactly, on CPU and CUDA alike, and the ranks of a DDP run draw differently.
+States are written to a temporary file and renamed, so a kill while saving never leaves a
+half state that a resume would pick.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.lora_rank > 0 and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         try:
@@ -247,6 +250,11 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _draw_seed(seed: int, step: int, micro: int, rank: int, stream: int) -> int:
+    """Seed of one kind of random draw (``stream``) at one (step, micro-batch, rank)."""
+    return int(np.random.SeedSequence([seed, step, micro, rank, stream]).generate_state(1)[0])
 
 
 def _save_state(output_dir: Path, step: int, model: torch.nn.Module,
@@ -468,6 +476,9 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
     last = min(config.steps, stop_after) if stop_after is not None else config.steps
     while step < last:
         step += 1
+        # Dropout draws from torch's global generators (CPU and CUDA): seeded per step and
+        # rank, a resumed run repeats them exactly and the ranks draw different masks.
+        torch.manual_seed(_draw_seed(config.seed, step, 0, rank, 3))
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(config.grad_accumulation):
@@ -483,8 +494,11 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
             sync = (nullcontext() if world == 1 or micro == config.grad_accumulation - 1
                     else forward.no_sync())
             with sync:
+                # The diffusion head's noise and timesteps: per micro-batch and rank.
+                noise = torch.Generator().manual_seed(
+                    _draw_seed(config.seed, step, micro, rank, 2))
                 with autocast():
-                    loss = forward(batch) / config.grad_accumulation
+                    loss = forward(batch, generator=noise) / config.grad_accumulation
                 loss.backward()
             total += float(loss.detach())
         # The mean over all processes: what is logged, and what every rank checks, so that a
