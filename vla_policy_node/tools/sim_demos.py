@@ -268,19 +268,27 @@ class ScriptedTeleop:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vla-sim-demos", description=__doc__.split("\n\n")[1].replace("\n", " "),
+        prog="vla-sim-demos",
+        description="Record scripted demonstrations of the simulated ALOHA through ROS: "
+                    "sim_aloha and vla-record (recording the follower commands) run on a "
+                    "private ROS domain while a scripted teleoperator resets the simulator to "
+                    "each seed, starts the recorder with the task's instruction, commands the "
+                    "arms one step per /clock tick, marks successful episodes and saves them "
+                    "(failed ones are discarded). One rosbag2 per episode, as vla-record writes "
+                    "them; node logs in OUT/logs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Example: vla-sim-demos --out bags/ --task insertion --episodes 20; then "
-               "vla-convert bags/* --out dataset/")
+        epilog="Example: vla-sim-demos --out bags/ --task insertion --episodes 20 && "
+               "vla-convert bags/episode_* --out dataset/ --action-source commands")
     parser.add_argument("--out", required=True, help="directory for the episode bags")
     parser.add_argument("--task", choices=["transfer_cube", "insertion"],
-                        default="transfer_cube")
+                        default="transfer_cube", help="simulated task")
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="object placement seed of the first episode (then +1 each)")
     parser.add_argument("--config", default=str(default_config_path()),
                         help="parameter file (robot, sim_aloha and vla_recorder sections)")
-    parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap",
+                        help="bag storage format")
     parser.add_argument("--keep-failures", action="store_true",
                         help="keep bags of failed episodes (marked unsuccessful)")
     parser.add_argument("--json", default=None,
