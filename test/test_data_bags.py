@@ -149,3 +149,26 @@ def test_mcap_chunk_checksums_are_verified(tmp_path: Path) -> None:
     set_chunk_crcs(next(bad.glob("*.mcap")), corrupt=True)
     with BagReader(bad) as reader, pytest.raises(BagError, match="checksum mismatch"):
         reader.index(["/text"])
+
+
+def first_message_offset(data: bytes | bytearray) -> int:
+    """Offset of the first message record inside the first (uncompressed) chunk."""
+    pos = 8 + 9 + int.from_bytes(data[9:17], "little")
+    while data[pos] != 0x06:
+        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+    body = pos + 9
+    pos = body + 32 + int.from_bytes(data[body + 28:body + 32], "little") + 8
+    while data[pos] != 0x05:
+        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+    return pos
+
+
+def test_log_time_beyond_int64_is_a_bag_error(tmp_path: Path) -> None:
+    """A flipped top bit of an mcap log time (read unsigned) is damage, not an OverflowError."""
+    bag = write_small_bag(tmp_path / "bag", CompressionMode.NONE)
+    mcap = next(bag.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    data[first_message_offset(data) + 9 + 6 + 7] |= 0x80  # no chunk CRC to catch it
+    mcap.write_bytes(bytes(data))
+    with BagReader(bag) as reader, pytest.raises(BagError, match="damaged.*log time"):
+        reader.index(["/text", "/joints"])

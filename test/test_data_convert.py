@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vla_policy_node.data import convert
 from vla_policy_node.data.bags import BagReader, BagWriter
 from vla_policy_node.data.convert import convert_bags, ConvertOptions, MANIFEST_FILE
 from vla_policy_node.data.episodes import action_window, Episode
@@ -123,6 +124,32 @@ def test_bad_bags_are_reported_and_skipped_the_rest_converted(tmp_path: Path) ->
     assert not list(out.glob(".*.tmp"))
     stats = json.loads((out / STATISTICS_FILE).read_text())["aloha"]
     assert stats["num_trajectories"] == 1
+
+
+def test_an_unexpected_error_fails_only_its_bag_and_ctrl_c_stops_the_run(
+        tmp_path: Path, monkeypatch) -> None:
+    bags = [write_episode_bag(tmp_path / name, SPEC) for name in ("bad", "good")]
+    real = convert._BagStreams
+
+    def flaky(reader: BagReader, spec: DataSpec) -> convert._BagStreams:
+        if reader.path.name == "bad":  # e.g. an OverflowError out of numpy on a damaged bag
+            raise OverflowError("Python int too large to convert to C long")
+        return real(reader, spec)
+
+    monkeypatch.setattr(convert, "_BagStreams", flaky)
+    out = tmp_path / "data"
+    reports = convert_bags(bags, SPEC, out)
+    assert [r.status for r in reports] == ["failed", "converted"]
+    assert reports[0].error == "OverflowError: Python int too large to convert to C long"
+    assert sorted(p.name for p in out.glob("*.hdf5")) == ["good.hdf5"]
+
+    def interrupted(reader: BagReader, spec: DataSpec) -> convert._BagStreams:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "_BagStreams", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_bags(bags, SPEC, out, ConvertOptions(force=True))
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_a_truncated_image_message_fails_its_bag_naming_the_camera(tmp_path: Path) -> None:

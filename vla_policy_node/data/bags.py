@@ -490,7 +490,18 @@ class _McapStore(_Store):
             wanted: dict[int, Any] = {}
             self._scan(f, mm, data_end, summary_end, found, wanted, summary=True)
             self._scan(f, mm, data_start, data_end, found, wanted, summary=False)
-        return {t: _sorted_topic(t, msgtypes[t], 4, *found[t]) for t in topics}
+        out = {}
+        for t in topics:
+            try:
+                out[t] = _sorted_topic(t, msgtypes[t], 4, *found[t])
+            except OverflowError:  # log times are read unsigned: only damage gets here
+                times, locators, _ = found[t]
+                row = next(i for i, x in enumerate(times) if x >= 1 << 63)
+                f, chunk, start, _ = locators[row]
+                where = f"offset {start - 31}" if chunk < 0 else f"chunk {chunk}"
+                raise self._damaged(f, f"message on {t} at {where}: log time {times[row]} "
+                                       f">= 2**63") from None
+        return out
 
     def _sections(self, f: int, mm: mmap.mmap) -> tuple[int, int, int]:
         """Offsets where the data section starts and ends, and where the summary ends."""
@@ -706,8 +717,16 @@ class _GenericStore(_Store):
             times[topic].append(log_ns)
             if topic in payloads:
                 payloads[topic].append(raw)
-        return {t: TopicMessages(t, msgtypes[t], np.asarray(times[t], np.int64),
-                                 payloads.get(t)) for t in topics}
+        out = {}
+        for t in topics:
+            try:
+                out[t] = TopicMessages(t, msgtypes[t], np.asarray(times[t], np.int64),
+                                       payloads.get(t))
+            except OverflowError:
+                bad = next(x for x in times[t] if not -1 << 63 <= x < 1 << 63)
+                raise BagError(f"bag {self.owner.path} is damaged: a message on {t} has log "
+                               f"time {bad}, outside int64") from None
+        return out
 
     def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
               ) -> Iterator[tuple[TopicMessages, int, Any]]:

@@ -388,6 +388,8 @@ def convert_bag(bag: str | os.PathLike, spec: DataSpec, out_dir: str | os.PathLi
     """Convert one bag into one or more episode files in ``out_dir``.
 
     Never raises for a bad bag: the report's ``status`` is ``failed`` and ``error`` says why.
+    Any exception fails only this bag, so that no bag can abort a batch; KeyboardInterrupt
+    (not an Exception) still stops the run.
     """
     options = options or ConvertOptions()
     bag, out_dir = Path(bag), Path(out_dir)
@@ -396,10 +398,13 @@ def convert_bag(bag: str | os.PathLike, spec: DataSpec, out_dir: str | os.PathLi
     temporaries: list[Path] = []
     try:
         _convert(bag, spec, out_dir, options, report, temporaries, output_stem)
-    except (BagError, ConversionError, ImageDecodeError, ValueError, OSError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one bag's failure, whatever it is, is reported
         report.status, report.outputs = "failed", []
         report.error = f"{type(exc).__name__}: {exc}"
-        logger.error("skipping %s: %s", bag, report.error)
+        expected = isinstance(exc, (BagError, ConversionError, ImageDecodeError, ValueError,
+                                    OSError, KeyError))
+        # Anything else is a bug (ours or a library's) that the bag triggered: keep its trace.
+        logger.error("skipping %s: %s", bag, report.error, exc_info=not expected)
     finally:
         for tmp in temporaries:
             tmp.unlink(missing_ok=True)
@@ -710,7 +715,7 @@ def convert_bags(bags: Sequence[str | os.PathLike], spec: DataSpec,
         entry = manifest["bags"].get(key)
         try:
             fingerprint = _fingerprint(bag, spec, options) if bag.exists() else ""
-        except OSError:
+        except Exception:  # noqa: BLE001 - unreadable: convert (and report) it again
             fingerprint = ""
         if (not options.force and entry and fingerprint and entry["fingerprint"] == fingerprint
                 and all((out_dir / o).is_file() for o in entry["outputs"])):
