@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +19,8 @@ from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.data.stats import STATISTICS_FILE
 from vla_policy_node.data.synthetic import arm_trajectory, render, SyntheticEpisode, \
     write_episode_bag
+
+from test_data_bags import kill_sqlite_recording
 
 SPEC = DataSpec.from_file()
 N_JOINTS = len(SPEC.robot.arm_joint_names)
@@ -113,7 +118,8 @@ def test_bad_bags_are_reported_and_skipped_the_rest_converted(tmp_path: Path) ->
     status = {Path(r.bag).name: r for r in reports}
     assert status["good"].status == "converted"
     assert status["truncated"].status == "failed"
-    assert "truncated" in status["truncated"].error and "magic" in status["truncated"].error
+    # Cut inside the first chunk: nothing complete to recover.
+    assert "interrupted before any message was completely written" in status["truncated"].error
     assert status["missing"].status == "failed"
     assert "camera 'cam_right_wrist'" in status["missing"].error
     assert status["renamed"].status == "failed"
@@ -238,6 +244,54 @@ def test_bag_without_metadata_yaml_is_read_from_its_storage_file(tmp_path: Path)
                             ConvertOptions(instruction="pick up the cube"))
     assert report.status == "converted", report.error
     assert report.frames == 50
+
+
+KILLED_RECORDER = """
+import os, signal, sys
+from vla_policy_node.data.bags import BagReader, BagWriter
+with BagReader(sys.argv[1]) as reader:
+    writer = BagWriter(sys.argv[2])  # as vla-record writes an episode
+    topics = reader.contents().topics
+    for topic, info in topics.items():
+        writer.add_topic(topic, info.msgtype)
+    for topic, _, log_ns, raw in reader.messages(sorted(topics)):
+        writer.write_raw(topic, log_ns, raw)
+os.kill(os.getpid(), signal.SIGKILL)  # the chunk being filled and the summary are lost
+"""
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3-wal"])
+def test_killed_recording_converts_what_was_written(tmp_path: Path, storage: str) -> None:
+    source = write_episode_bag(tmp_path / "source", SPEC, SyntheticEpisode(
+        duration=4.0, storage=storage[:7], success=None))
+    killed = tmp_path / "killed"
+    if storage == "mcap":
+        run = subprocess.run([sys.executable, "-c", KILLED_RECORDER, str(source),
+                              str(killed)], capture_output=True, text=True)
+        assert run.returncode == -signal.SIGKILL, run.stderr
+        [mcap] = killed.glob("*.mcap")
+    else:  # 3 s of the 4 committed, the rest not
+        with BagReader(source) as reader:
+            start = reader.contents().start_ns
+            messages = sum(1 for *_, t, _ in reader.messages(sorted(reader.contents().topics))
+                           if t < start + 3 * 10**9)
+        kill_sqlite_recording(source, killed, messages + 50, messages)
+    out = tmp_path / "data"
+    [report] = convert_bags([killed], SPEC, out, ConvertOptions(force=True))
+    assert report.status == "converted", report.error
+    assert report.instruction == "pick up the cube"  # from the topic: no metadata.yaml
+    storage_file = mcap.name if storage == "mcap" else "killed_0.db3"
+    assert report.warnings[0] == (
+        f"no metadata.yaml (recording interrupted?): read {storage_file} directly")
+    if storage == "mcap":  # 3 of the 4 s were written in whole 1 MB chunks
+        [lost] = report.warnings[1:]
+        assert lost.startswith(f"{mcap.name}: recording interrupted: read its first ")
+        assert 60 <= report.frames <= 90
+    else:
+        assert "write-ahead log" in report.warnings[1] and 70 <= report.frames <= 76
+    # Reading changed nothing that the next run's fingerprint looks at.
+    [again] = convert_bags([killed], SPEC, out)
+    assert again.status == "unchanged" and again.warnings == report.warnings
 
 
 def test_action_window_pads_with_the_last_action() -> None:

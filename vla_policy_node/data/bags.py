@@ -16,7 +16,7 @@ import os
 from pathlib import Path, PurePath
 import sqlite3
 import struct
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Collection, Iterable, Iterator, Sequence
 import zlib
 
 import numpy as np
@@ -60,7 +60,7 @@ def _vla_msgs_dir() -> Path | None:
 @functools.lru_cache(maxsize=1)
 def _shared_typestore() -> Typestore:
     # Parsing the .msg files costs ~15 ms, a tenth of converting a 10 s episode: readers that
-    # need no more types than these share one store (see BagReader._register_embedded_types).
+    # need no more types than these share one store (see BagReader._register_types).
     return make_typestore()
 
 
@@ -120,6 +120,9 @@ class _Metadata:
     storage: str
     paths: list[Path]
     contents: BagContents
+    #: True: the topics come from the storage files themselves (no metadata.yaml, or an mcap
+    #: file without its footer), not from metadata.yaml; rosbags cannot read such a bag.
+    scan: bool = False
 
 
 def _read_metadata(bag: Path, typestore: Typestore) -> _Metadata | None:
@@ -127,7 +130,8 @@ def _read_metadata(bag: Path, typestore: Typestore) -> _Metadata | None:
 
     None for anything else, so that rosbags opens (and judges) the bag. rosbags parses the
     file with pure-Python ruamel.yaml (~7 ms, as much as the rest of opening); PyYAML's C
-    loader takes 0.5 ms.
+    loader takes 0.5 ms. An mcap file without its footer (cut short) gives a ``scan``
+    result: only ``custom_data`` comes from the yaml, the rest from scanning the file.
     """
     try:
         info = yaml.load((bag / "metadata.yaml").read_text(),
@@ -139,6 +143,9 @@ def _read_metadata(bag: Path, typestore: Typestore) -> _Metadata | None:
         paths = [bag / PurePath(name).name for name in info["relative_file_paths"]]
         if not paths or not all(p.is_file() for p in paths):
             return None
+        custom = {str(k): str(v) for k, v in (info.get("custom_data") or {}).items()}
+        if info["storage_identifier"] == "mcap" and not all(map(_mcap_looks_whole, paths)):
+            return _Metadata("mcap", paths, BagContents(bag, {}, custom), scan=True)
         topics: dict[str, TopicInfo] = {}
         for entry in info["topics_with_message_count"]:
             meta = entry["topic_metadata"]
@@ -147,11 +154,8 @@ def _read_metadata(bag: Path, typestore: Typestore) -> _Metadata | None:
                 return None
             topic = topics.setdefault(meta["name"], TopicInfo(meta["name"], meta["type"], 0))
             topic.count += int(entry["message_count"])
-        if info["storage_identifier"] == "mcap" and not all(map(_mcap_looks_whole, paths)):
-            return None
         count = int(info["message_count"])
         start = int(info["starting_time"]["nanoseconds_since_epoch"])
-        custom = {str(k): str(v) for k, v in (info.get("custom_data") or {}).items()}
         end = start + int(info["duration"]["nanoseconds"]) + 1  # as rosbags reports it
         return _Metadata(info["storage_identifier"], paths, BagContents(
             bag, topics, custom, start if count else 0, end if count else 0))
@@ -174,39 +178,93 @@ def _mcap_looks_whole(path: Path) -> bool:
 class BagReader:
     """Read one rosbag2 (a directory with metadata.yaml, or a bare .mcap / .db3 file).
 
-    A bag directory whose ``metadata.yaml`` is missing (``ros2 bag record`` killed hard) is
-    opened through its single storage file. Use as a context manager.
+    Use as a context manager. Plain bags (mcap or sqlite3 with CDR messages of known types, no
+    compression) are read without ``rosbags``: metadata.yaml through PyYAML and the storage
+    through :meth:`index` and :meth:`fetch`. ``rosbags`` opens everything else, and serves
+    :meth:`messages`.
 
-    Plain bags (mcap or sqlite3 with CDR messages of known types, no compression) are read
-    without ``rosbags``: metadata.yaml through PyYAML and the storage through :meth:`index`
-    and :meth:`fetch`. ``rosbags`` opens everything else, and serves :meth:`messages`.
+    Interrupted recordings (``ros2 bag record`` or ``vla-record`` killed) are read from their
+    storage files: a directory without ``metadata.yaml`` through its .db3 or .mcap files (in
+    split order), an mcap file without its footer up to its last complete record, and a
+    sqlite3 file with its write-ahead log. What was lost is said in :attr:`warnings` (and
+    logged).
     """
 
     def __init__(self, path: str | os.PathLike, typestore: Typestore | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f"bag not found: {self.path}")
-        self._target = self.path
-        if self.path.is_dir() and not (self.path / "metadata.yaml").is_file():
-            files = sorted(self.path.glob("*.mcap")) + sorted(self.path.glob("*.db3"))
-            if len(files) != 1:
-                raise BagError(
-                    f"{self.path}: no metadata.yaml and {len(files)} storage files "
-                    f"(run `ros2 bag reindex` on it)")
-            logger.warning("%s has no metadata.yaml; reading %s directly", self.path,
-                           files[0].name)
-            self._target = files[0]
+        #: What is wrong with the bag but did not stop reading it (e.g. data lost at the end).
+        self.warnings: list[str] = []
         self.typestore = typestore or _shared_typestore()
         self._own_typestore = typestore is not None
         self._store: _Store | None = None
         self._contents: BagContents | None = None
         self._reader: Reader | None = None
-        self._metadata = (_read_metadata(self.path, self.typestore)
-                          if self._target.is_dir() else None)
-        if self._metadata is None:
-            self._open_rosbags()
-        else:
-            self._contents = self._metadata.contents
+        self._target = self.path
+        try:
+            if self.path.is_dir() and (self.path / "metadata.yaml").is_file():
+                self._metadata = _read_metadata(self.path, self.typestore)
+                if self._metadata is not None and self._metadata.scan:
+                    self._metadata = self._scan_storage(self._metadata.paths,
+                                                        self._metadata.contents.custom_data)
+            else:
+                files = [self.path] if self.path.is_file() else self._storage_files()
+                self._metadata = self._scan_storage(files, {})
+                self._target = files[0]
+            if self._metadata is None:
+                self._open_rosbags()
+            else:
+                self._contents = self._metadata.contents
+        except BaseException:
+            self.close()
+            raise
+
+    def _warn(self, message: str) -> None:
+        logger.warning("%s: %s", self.path, message)
+        self.warnings.append(message)
+
+    def _storage_files(self) -> list[Path]:
+        """The storage files of a bag directory without metadata.yaml, in split order."""
+        def split_order(path: Path) -> tuple[str, int, str]:
+            stem, _, number = path.stem.rpartition("_")
+            return (stem, int(number), "") if number.isdigit() else (path.stem, -1, path.name)
+
+        mcap = sorted(self.path.glob("*.mcap"), key=split_order)
+        db3 = sorted(self.path.glob("*.db3"), key=split_order)
+        if (not mcap and not db3) or (mcap and db3):
+            raise BagError(f"{self.path}: no metadata.yaml, and {len(mcap)} .mcap and "
+                           f"{len(db3)} .db3 files: not one bag")
+        files = mcap or db3
+        self._warn(f"no metadata.yaml (recording interrupted?): read "
+                   f"{', '.join(p.name for p in files)} directly")
+        return files
+
+    def _scan_storage(self, files: list[Path], custom: dict[str, str]) -> _Metadata | None:
+        """Contents of ``files`` from the files themselves; None: rosbags reads them.
+
+        sqlite3 files always (a write-ahead log is read too; rosbags ignores it), mcap files
+        unless a single whole one (rosbags reads its summary, we would scan the whole file).
+        """
+        kinds = {p.suffix for p in files}
+        with self._storage_errors():
+            if kinds == {".db3"}:
+                store: _Store = _SqliteStore(self, files)
+            elif kinds == {".mcap"} and (len(files) > 1 or not _mcap_looks_whole(files[0])):
+                store = _McapStore(self, files, recover=True)
+            else:
+                return None
+            self._store = store
+            topics, start, end, stored, definitions = store.catalog()
+        for message in store.warnings:
+            self._warn(message)
+        if kinds == {".db3"} and not any(t.count for t in topics.values()):
+            raise BagError(f"bag {self.path}: no message in {', '.join(p.name for p in files)} "
+                           f"(a recording interrupted before its first commit? vla-record "
+                           f"commits a sqlite3 episode only when it stops)")
+        self._register_types(definitions)
+        return _Metadata("mcap" if kinds == {".mcap"} else "sqlite3", files, BagContents(
+            self.path, topics, {**stored, **custom}, start, end), scan=True)
 
     def _open_rosbags(self) -> Reader:
         if self._reader is None:
@@ -217,7 +275,9 @@ class BagReader:
                 raise BagError(
                     f"cannot open bag {self.path}: {type(exc).__name__}: {exc}") from exc
             self._reader = reader
-            self._register_embedded_types()
+            self._register_types(
+                (c.msgtype, "ros2msg" if c.msgdef.format.name == "MSG" else "", c.msgdef.data)
+                for c in reader.connections)
         return self._reader
 
     def __enter__(self) -> "BagReader":
@@ -233,19 +293,22 @@ class BagReader:
         if self._reader is not None and self._reader.is_open:
             self._reader.close()
 
-    def _register_embedded_types(self) -> None:
-        assert self._reader is not None
+    def _register_types(self, definitions: Iterable[tuple[str, str, str]]) -> None:
+        """Register the ``(msgtype, encoding, text)`` definitions of types the store lacks.
+
+        Only ``ros2msg`` text (a type and its dependencies) is parsed; a definition that does
+        not parse only loses its topics (deserializing them fails).
+        """
         known = set(self.typestore.fielddefs)
         types: dict[str, Any] = {}
-        for conn in self._reader.connections:
-            if conn.msgtype in known or not conn.msgdef.data:
+        for msgtype, encoding, text in definitions:
+            if msgtype in known or encoding != "ros2msg" or not text:
                 continue
             try:
-                if conn.msgdef.format.name == "MSG":
-                    types.update(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+                types.update(get_types_from_msg(text, msgtype))
             except Exception as exc:  # noqa: BLE001 - an odd definition only loses that topic
                 logger.warning("%s: cannot parse the definition of %s: %s", self.path,
-                               conn.msgtype, exc)
+                               msgtype, exc)
         if types:
             if not self._own_typestore:
                 # Never add a bag's own definitions to the shared store: the next bag may
@@ -278,6 +341,9 @@ class BagReader:
         Raises:
             BagError: the storage is corrupt or truncated (raised where the damage starts).
         """
+        if self._metadata is not None and self._metadata.scan:
+            yield from self._stored_messages(topics)
+            return
         reader = self._open_rosbags()
         connections = [c for c in reader.connections if c.topic in set(topics)]
         if not connections:
@@ -290,6 +356,27 @@ class BagReader:
         except Exception as exc:  # noqa: BLE001 - any storage failure means a damaged bag
             raise BagError(
                 f"bag {self.path} is damaged: {type(exc).__name__}: {exc}") from exc
+
+    def _stored_messages(self, topics: Sequence[str], batch: int = 256
+                         ) -> Iterator[tuple[str, str, int, bytes]]:
+        """:meth:`messages` through :meth:`index` and :meth:`fetch` (rosbags cannot read it)."""
+        index = [tm for tm in self.index(topics).values() if len(tm)]
+        if not index:
+            return
+        times = np.concatenate([tm.log_ns for tm in index])
+        which = np.concatenate([np.full(len(tm), i) for i, tm in enumerate(index)])
+        rows = np.concatenate([np.arange(len(tm)) for tm in index])
+        locators = np.concatenate([tm.locators for tm in index])
+        # Log time, ties in storage order (the locators' order).
+        order = np.lexsort((*locators.T[::-1], times))
+        for first in range(0, len(order), batch):
+            chosen = order[first:first + batch]
+            requests = [(index[i], rows[chosen[which[chosen] == i]])
+                        for i in np.unique(which[chosen]).tolist()]
+            got = {(tm.topic, row): bytes(raw) for tm, row, raw in self.fetch(requests)}
+            for k in chosen.tolist():
+                tm = index[which[k]]
+                yield tm.topic, tm.msgtype, int(times[k]), got[tm.topic, int(rows[k])]
 
     def deserialize(self, raw: bytes | memoryview, msgtype: str) -> Any:
         try:
@@ -318,8 +405,8 @@ class BagReader:
         """
         wanted = [t for t in dict.fromkeys(topics) if t in self.contents().topics]
         msgtypes = {t: self.contents().topics[t].msgtype for t in wanted}
-        self._store = self._store or self._open_store()
         with self._storage_errors():
+            self._store = self._store or self._open_store()
             return self._store.index(wanted, msgtypes, set(load))
 
     def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]],
@@ -337,8 +424,8 @@ class BagReader:
         Raises:
             BagError: the storage is damaged.
         """
-        store = self._store or self._open_store()
         with self._storage_errors():
+            store = self._store = self._store or self._open_store()
             yield from store.fetch(requests, head)
 
     def _open_store(self) -> "_Store":
@@ -355,7 +442,8 @@ class BagReader:
             if compressed == "message":
                 storage = ""
         if storage == "mcap":
-            self._store = _McapStore(self, paths)
+            self._store = _McapStore(self, paths, recover=self._metadata is not None
+                                     and self._metadata.scan)
         elif storage == "sqlite3":
             self._store = _SqliteStore(self, paths)
         else:
@@ -399,12 +487,21 @@ class TopicMessages:
 class _Store:
     """Indexed access to the storage files of one bag (see :meth:`BagReader.index`)."""
 
+    warnings: list[str]  # what a catalog found wrong but could read past
+
     def index(self, topics: Sequence[str], msgtypes: dict[str, str], load: set[str]
               ) -> dict[str, TopicMessages]:
         raise NotImplementedError
 
     def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
               ) -> Iterator[tuple[TopicMessages, int, Any]]:
+        raise NotImplementedError
+
+    def catalog(self) -> tuple[dict[str, TopicInfo], int, int, dict[str, str],
+                               list[tuple[str, str, str]]]:
+        """What metadata.yaml would say, from the files: topics, start and end (ns, as
+        :class:`BagContents`), custom data, and the ``(msgtype, encoding, text)`` message
+        definitions stored with them."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -427,7 +524,61 @@ _RECORD = struct.Struct("<BQ")           # opcode, record length
 _MESSAGE = struct.Struct("<HIQ")         # channel id, sequence, log time (publish time follows)
 _CHUNK = struct.Struct("<QQQII")         # start, end, uncompressed size, crc, compression length
 _CHANNEL = struct.Struct("<HHI")         # channel id, schema id, topic length
-_OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x04, 0x05, 0x06, 0x0F
+_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 1, 2, 3, 4, 5, 6
+_OP_METADATA, _OP_DATA_END = 0x0C, 0x0F
+
+
+def _strings(buf: Any, pos: int, end: int, count: int | None = None) -> tuple[list[str], int]:
+    """``count`` mcap strings (uint32 length, UTF-8) from ``pos`` (None: all up to ``end``),
+    and the offset after them. Raises ValueError where one runs past ``end``."""
+    out: list[str] = []
+    while len(out) < count if count is not None else pos < end:
+        if pos + 4 > end:
+            raise ValueError(f"string at {pos} runs past its record")
+        (length,) = struct.unpack_from("<I", buf, pos)
+        if pos + 4 + length > end:
+            raise ValueError(f"string at {pos} runs past its record")
+        out.append(bytes(buf[pos + 4:pos + 4 + length]).decode(errors="replace"))
+        pos += 4 + length
+    return out, pos
+
+
+def _time_range(spans: list[tuple[int, int]]) -> tuple[int, int]:
+    """``BagContents.start_ns, end_ns`` of (first, last) log times: end is last + 1 (as
+    rosbags reports it), both 0 without messages."""
+    if not spans:
+        return 0, 0
+    return min(a for a, _ in spans), max(b for _, b in spans) + 1
+
+
+class _Span:
+    """Stands in for a topic's list of log times in a catalog scan: counts, keeps the range."""
+
+    __slots__ = ("count", "low", "high")
+
+    def __init__(self) -> None:
+        self.count, self.low, self.high = 0, 1 << 64, -1
+
+    def append(self, log_ns: int) -> None:
+        self.count += 1
+        self.low = min(self.low, log_ns)
+        self.high = max(self.high, log_ns)
+
+
+class _Discard:
+    """Stands in for a topic's list of locators in a catalog scan."""
+
+    def append(self, _: Any) -> None:
+        pass
+
+
+@dataclass
+class _Catalog:
+    """Schemas and channels met by a catalog scan, and the ``rosbag2`` metadata record."""
+
+    schemas: dict[tuple[int, int], tuple[str, str, str]] = field(default_factory=dict)
+    channels: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    custom: dict[str, str] = field(default_factory=dict)
 
 
 class _McapStore(_Store):
@@ -437,15 +588,28 @@ class _McapStore(_Store):
     the mapped file, otherwise offsets in that (compressed) chunk's decompressed records.
     """
 
-    def __init__(self, owner: BagReader, paths: list[Path]) -> None:
+    def __init__(self, owner: BagReader, paths: list[Path], recover: bool = False) -> None:
+        """``recover``: read a file without footer (a killed recording) up to its last
+        complete record, instead of failing on it."""
         self.owner = owner
         self.paths = paths
+        self.recover = recover
         self.maps: list[mmap.mmap] = []
-        for path in paths:
-            with open(path, "rb") as f:
-                self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         self.chunks: list[tuple[int, int, int, str, int, int]] = []
         self._cached: tuple[int, bytes] | None = None
+        self.ends: dict[int, int] = {}  # file -> end of its readable part, for cut files
+        self.warnings: list[str] = []   # what the cut files lost
+        self._catalog: _Catalog | None = None
+        try:
+            for path in paths:
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size == 0:
+                        raise BagError(f"bag {owner.path}: {path.name} is empty (the recording "
+                                       f"was interrupted before anything was written?)")
+                    self.maps.append(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self._cached = None
@@ -457,7 +621,9 @@ class _McapStore(_Store):
         self.maps = []
 
     def _damaged(self, f: int, what: str) -> BagError:
-        return BagError(f"bag {self.owner.path} is damaged: {self.paths[f].name}: {what}")
+        error = BagError(f"bag {self.owner.path} is damaged: {self.paths[f].name}: {what}")
+        error.what = what  # type: ignore[attr-defined] - for _readable_end
+        return error
 
     def _chunk_records(self, f: int, chunk: int) -> bytes:
         """The decompressed records of chunk ``chunk`` (cached: fetch reads in chunk order)."""
@@ -504,17 +670,112 @@ class _McapStore(_Store):
         return out
 
     def _sections(self, f: int, mm: mmap.mmap) -> tuple[int, int, int]:
-        """Offsets where the data section starts and ends, and where the summary ends."""
+        """Offsets where the data section starts and ends, and where the summary ends.
+
+        A file without footer ends its data section at its last complete record (found once,
+        see :meth:`_readable_end`) when recovering, and is damaged otherwise.
+        """
         size = len(mm)
-        footer = size - len(_MCAP_MAGIC) - 29
-        if footer < len(_MCAP_MAGIC) + 9 or mm[footer] != 0x02:
-            raise self._damaged(f, "no mcap footer (file end magic is invalid)")
-        _, header_length = _RECORD.unpack_from(mm, len(_MCAP_MAGIC))
-        data_start = len(_MCAP_MAGIC) + 9 + header_length
+        magic = len(_MCAP_MAGIC)
+        if mm[:magic] != _MCAP_MAGIC[:min(size, magic)]:
+            raise self._damaged(f, "file magic is invalid (not an mcap file)")
+        op, header_length = _RECORD.unpack_from(mm, magic) if size >= magic + 9 else (0, 0)
+        data_start = magic + 9 + header_length
+        if op != _OP_HEADER or data_start > size:
+            raise self._damaged(f, f"cut inside its header after {size} bytes (the recording "
+                                   f"was interrupted before anything was written?)")
+        if f in self.ends:
+            return data_start, self.ends[f], self.ends[f]
+        footer = size - magic - 29
+        if footer < data_start or mm[footer] != _OP_FOOTER or mm[size - magic:] != _MCAP_MAGIC:
+            if not self.recover:
+                raise self._damaged(f, "no mcap footer (file end magic is invalid)")
+            self.ends[f] = self._readable_end(f, mm, data_start)
+            return data_start, self.ends[f], self.ends[f]
         (summary_start,) = struct.unpack_from("<Q", mm, footer + 9)
         if summary_start and not data_start <= summary_start <= footer:
             raise self._damaged(f, f"summary offset {summary_start} outside the file")
         return data_start, summary_start or footer, footer
+
+    def _readable_end(self, f: int, mm: mmap.mmap, pos: int) -> int:
+        """End of the last complete record of a file without footer, from ``pos`` (the data
+        section's start); what follows is lost, and said in :attr:`warnings`.
+
+        A record cut by the end of the file, zero bytes where a record should start, or a
+        chunk that does not check out (cut compressed data, checksum) ends what is read.
+        """
+        size, name = len(mm), self.paths[f].name
+        reason, op = "", 0
+        view = memoryview(mm)
+        try:
+            while pos < size:
+                if pos + 9 > size:
+                    reason = f"a record header cut after {size - pos} of 9 bytes"
+                    break
+                op, length = _RECORD.unpack_from(mm, pos)
+                if op == 0:
+                    reason = f"zero bytes instead of a record at offset {pos}"
+                    break
+                if pos + 9 + length > size:
+                    reason = (f"a record (opcode 0x{op:02x}) cut after {size - pos} of "
+                              f"{9 + length} bytes")
+                    break
+                if op == _OP_CHUNK:
+                    try:
+                        self._chunk(f, mm, view, pos + 9, pos + 9 + length, {}, {})
+                    except BagError as exc:
+                        reason = getattr(exc, "what", str(exc))
+                        break
+                pos += 9 + length
+                if op == _OP_DATA_END:
+                    break
+        finally:
+            self.chunks, self._cached = [], None
+            view.release()
+        if op == _OP_DATA_END and not reason:
+            self.warnings.append(f"{name} has no mcap footer: writing its summary was "
+                                 f"interrupted (every message is there)")
+        else:
+            self.warnings.append(
+                f"{name}: recording interrupted: read its first {pos} bytes, lost the last "
+                f"{size - pos}" + (f" ({reason})" if reason else
+                                   " (the file ends after a complete record)")
+                + " and what the recorder had not written yet")
+        return pos
+
+    def catalog(self) -> tuple[dict[str, TopicInfo], int, int, dict[str, str],
+                               list[tuple[str, str, str]]]:
+        for f, mm in enumerate(self.maps):
+            self._sections(f, mm)  # first: a cut file's readable end (validating its chunks)
+        found: dict[str, Any] = {}
+        catalog = self._catalog = _Catalog()
+        try:
+            for f, mm in enumerate(self.maps):
+                data_start, data_end, _ = self._sections(f, mm)
+                self._scan(f, mm, data_start, data_end, found, {}, summary=False)
+        finally:
+            self._catalog, self.chunks, self._cached = None, [], None
+        topics: dict[str, TopicInfo] = {}
+        definitions: list[tuple[str, str, str]] = []
+        spans: list[tuple[int, int]] = []
+        for topic, (span, _, _) in found.items():
+            f, schema_id, encoding = catalog.channels[topic][0]
+            schema = catalog.schemas.get((f, schema_id))
+            if schema is None or encoding != "cdr":
+                why = f"{encoding} messages" if schema else f"no schema {schema_id}"
+                self.warnings.append(f"{self.paths[f].name}: topic {topic} left out: {why}")
+                continue
+            if span.high >= 1 << 63:
+                raise self._damaged(f, f"a message on {topic} has log time {span.high} >= "
+                                       f"2**63")
+            topics[topic] = TopicInfo(topic, schema[0], span.count)
+            definitions.append((schema[0], schema[1], schema[2]))
+            if span.count:
+                spans.append((span.low, span.high))
+        if self.ends and not spans:
+            raise BagError(f"bag {self.owner.path}: the recording was interrupted before any "
+                           f"message was completely written ({'; '.join(self.warnings)})")
+        return topics, *_time_range(spans), catalog.custom, definitions
 
     def _scan(self, f: int, mm: mmap.mmap, pos: int, stop: int, found: dict[str, Any],
               wanted: dict[int, Any], summary: bool) -> None:
@@ -537,18 +798,57 @@ class _McapStore(_Store):
                 self._chunk(f, mm, view, body, end, found, wanted)
             elif op == _OP_DATA_END:
                 break
+            elif self._catalog is not None:
+                self._catalog_record(f, mm, op, body, end)
             pos = end
 
     def _channel(self, buf: Any, body: int, end: int, f: int, found: dict[str, Any],
                  wanted: dict[int, Any]) -> None:
         if end - body < 8:
             raise self._damaged(f, f"channel record of {end - body} bytes")
-        cid, _, length = _CHANNEL.unpack_from(buf, body)
+        cid, schema_id, length = _CHANNEL.unpack_from(buf, body)
         if body + 8 + length > end:
             raise self._damaged(f, f"channel record {cid}: topic runs past the record")
         topic = bytes(buf[body + 8:body + 8 + length]).decode(errors="replace")
+        if self._catalog is not None:  # every channel counts: a _Span per topic
+            try:
+                [encoding], _ = _strings(buf, body + 8 + length, end, 1)
+            except ValueError as exc:
+                raise self._damaged(f, f"channel record {cid}: {exc}") from None
+            self._catalog.channels.setdefault(topic, []).append((f, schema_id, encoding))
+            found.setdefault(topic, (_Span(), _Discard(), None))
         if topic in found:
             wanted[cid] = found[topic]
+
+    def _catalog_record(self, f: int, buf: Any, op: int, body: int, end: int) -> None:
+        """Schemas (types and definitions) and the ``rosbag2`` metadata (custom data)."""
+        assert self._catalog is not None
+        try:
+            if op == _OP_SCHEMA:
+                if end - body < 2:
+                    raise ValueError(f"{end - body} bytes")
+                (schema_id,) = struct.unpack_from("<H", buf, body)
+                [name, encoding], pos = _strings(buf, body + 2, end, 2)
+                (length,) = struct.unpack_from("<I", buf, pos) if pos + 4 <= end else (-1,)
+                if not 0 <= length <= end - pos - 4:
+                    raise ValueError("definition runs past the record")
+                text = bytes(buf[pos + 4:pos + 4 + length]).decode(errors="replace")
+                self._catalog.schemas[f, schema_id] = (name, encoding, text)
+            elif op == _OP_METADATA:  # written when a recording stops: rarely in a cut file
+                [name], pos = _strings(buf, body, end, 1)
+                if name == "rosbag2" and pos + 4 <= end:
+                    (length,) = struct.unpack_from("<I", buf, pos)
+                    items, _ = _strings(buf, pos + 4, min(end, pos + 4 + length))
+                    info = yaml.load(dict(zip(items[::2], items[1::2])).get(
+                        "serialized_metadata", ""), Loader=getattr(
+                            yaml, "CSafeLoader", yaml.SafeLoader))
+                    custom = info["rosbag2_bagfile_information"].get("custom_data") or {}
+                    self._catalog.custom = {str(k): str(v) for k, v in custom.items()}
+        except ValueError as exc:
+            if op == _OP_SCHEMA:
+                raise self._damaged(f, f"schema record at {body - 9}: {exc}") from None
+        except (yaml.YAMLError, TypeError, KeyError, AttributeError):
+            pass  # the metadata is a bonus: without it, no custom data
 
     def _message(self, buf: Any, body: int, end: int, f: int, chunk: int,
                  wanted: dict[int, Any], where: str) -> None:
@@ -601,6 +901,8 @@ class _McapStore(_Store):
                 self._message(buf, pos + 9, rec_end, f, chunk, wanted, f"chunk {body - 9}")
             elif op == _OP_CHANNEL:
                 self._channel(buf, pos + 9, rec_end, f, found, wanted)
+            elif self._catalog is not None:
+                self._catalog_record(f, buf, op, pos + 9, rec_end)
             pos = rec_end
         if chunk >= 0:
             self._cached = None  # the index does not keep decompressed chunks alive
@@ -640,15 +942,90 @@ class _SqliteStore(_Store):
 
     def __init__(self, owner: BagReader, paths: list[Path]) -> None:
         self.owner = owner
+        self.paths = paths
         self.connections: list[sqlite3.Connection] = []
+        self.warnings: list[str] = []
         try:
             for path in paths:
-                con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+                con = self._connect(path)
                 self.connections.append(con)
                 con.execute(f"PRAGMA mmap_size={self._MMAP_SIZE}")
         except BaseException:
             self.close()
             raise
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        """A read-only connection that sees what was committed, the write-ahead log included.
+
+        ``mode=ro`` reads a WAL database's -wal file through its -shm index (which SQLite
+        creates or updates: the one file of the bag it writes to; rosbags' ``immutable=1``
+        ignores the log, and so the messages of a killed WAL recording). Where that cannot
+        be (a read-only directory), a database with no log to apply is opened immutable.
+        """
+        uri = path.resolve().as_uri()
+        try:
+            con = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                con.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError):  # "file is not a database", ...
+                raise BagError(f"bag {self.owner.path} is damaged: {path.name}: "
+                               f"{type(exc).__name__}: {exc}") from None
+            journal, wal = (path.with_name(path.name + suffix) for suffix in ("-journal", "-wal"))
+            if journal.is_file() and journal.stat().st_size:
+                raise BagError(
+                    f"bag {self.owner.path}: {path.name}: the recording was interrupted inside "
+                    f"a transaction ({exc}): SQLite must first roll back {journal.name}, "
+                    f"which writes to the file; open a copy of the bag once with sqlite3 to "
+                    f"do so (vla-record commits a sqlite3 episode only when it stops: a "
+                    f"killed one holds nothing)") from None
+            if wal.is_file() and wal.stat().st_size:
+                raise BagError(
+                    f"bag {self.owner.path}: {path.name}: cannot read its write-ahead log "
+                    f"{wal.name} ({exc}): it needs a writable {path.name}-shm or a writable "
+                    f"directory to create one; copy the bag") from None
+            con = sqlite3.connect(f"{uri}?immutable=1", uri=True)  # WAL mode, read-only dir
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:
+            self.warnings.append(f"{path.name}: read with its write-ahead log {wal.name}, "
+                                 f"never checkpointed (recording interrupted?)")
+        return con
+
+    def catalog(self) -> tuple[dict[str, TopicInfo], int, int, dict[str, str],
+                               list[tuple[str, str, str]]]:
+        topics: dict[str, TopicInfo] = {}
+        definitions: list[tuple[str, str, str]] = []
+        spans: list[tuple[int, int]] = []
+        for f, con in enumerate(self.connections):
+            tables = {name for (name,) in con.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = sorted({"topics", "messages"} - tables)
+            if missing:
+                raise BagError(
+                    f"bag {self.owner.path}: {self.paths[f].name} has no {' or '.join(missing)} "
+                    f"table: not a rosbag2 database, or its recording was interrupted before "
+                    f"it was set up")
+            counts = {tid: (n, a, b) for tid, n, a, b in con.execute(
+                "SELECT topic_id, COUNT(*), MIN(timestamp), MAX(timestamp) FROM messages "
+                "GROUP BY topic_id")}
+            for tid, name, msgtype, encoding in con.execute(
+                    "SELECT id, name, type, serialization_format FROM topics ORDER BY id"):
+                if encoding != "cdr":
+                    self.warnings.append(f"{self.paths[f].name}: topic {name} left out: "
+                                         f"{encoding} messages")
+                    continue
+                n, a, b = counts.get(tid, (0, 0, 0))
+                topics.setdefault(name, TopicInfo(name, msgtype, 0)).count += n
+                if n:
+                    spans.append((a, b))
+            if "message_definitions" in tables:  # rosbag2 schema 4 (Iron and later)
+                definitions += con.execute(
+                    "SELECT topic_type, encoding, encoded_message_definition "
+                    "FROM message_definitions").fetchall()
+        return topics, *_time_range(spans), {}, definitions
 
     def close(self) -> None:
         for con in self.connections:

@@ -104,7 +104,8 @@ class EpisodeReport:
     """What happened to one bag.
 
     ``status``: converted, unchanged (already converted, same settings), skipped (not
-    successful with --only-success) or failed (``error`` says why).
+    successful with --only-success) or failed (``error`` says why). ``warnings``: what is
+    wrong with the bag but did not stop it (an interrupted recording: what was lost).
     """
 
     bag: str
@@ -118,6 +119,7 @@ class EpisodeReport:
     duration: float = 0.0
     error: str = ""
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -416,6 +418,7 @@ def _convert(bag: Path, spec: DataSpec, out_dir: Path, options: ConvertOptions,
              report: EpisodeReport, temporaries: list[Path], output_stem: str | None) -> None:
     robot = spec.robot
     with BagReader(bag) as reader:
+        report.warnings = list(reader.warnings)
         streams = _BagStreams(reader, spec)
         report.instruction = _instruction(streams, options)
         report.success = _success(streams)
@@ -659,7 +662,9 @@ class _FrameBuffer:
 # ---- many bags ------------------------------------------------------------------------------
 
 def _fingerprint(bag: Path, spec: DataSpec, options: ConvertOptions) -> str:
-    files = sorted(p for p in ([bag] if bag.is_file() else bag.rglob("*")) if p.is_file())
+    # Not a WAL database's -shm index: reading the bag rewrites it.
+    files = sorted(p for p in ([bag] if bag.is_file() else bag.rglob("*"))
+                   if p.is_file() and not p.name.endswith("-shm"))
     parts = [f"{p.relative_to(bag) if bag.is_dir() else p.name}:{p.stat().st_size}:"
              f"{p.stat().st_mtime_ns}" for p in files]
     settings = {k: v for k, v in asdict(options).items() if k != "force"}
