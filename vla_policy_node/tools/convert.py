@@ -69,9 +69,11 @@ def format_report(report: EpisodeReport) -> str:
     gaps = ", ".join(f"{g['duration']:.2f}s at {g['start']:.2f}s ({'/'.join(g['streams'])})"
                      for g in report.gaps[:3])
     more = f" (+{len(report.gaps) - 3})" if len(report.gaps) > 3 else ""
-    return (f"{report.status:9s} {name}: {report.frames} frames, {report.dropped_frames} "
+    line = (f"{report.status:9s} {name}: {report.frames} frames, {report.dropped_frames} "
             f"dropped, {len(report.gaps)} gaps{': ' + gaps + more if gaps else ''} -> "
             f"{', '.join(report.outputs)}")
+    # e.g. an interrupted recording read up to its last complete record
+    return "\n".join([line, *(f"          warning: {w}" for w in report.warnings)])
 
 
 def main(argv: list[str] | None = None) -> int:
