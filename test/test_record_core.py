@@ -30,14 +30,16 @@ def test_episode_metadata_and_hidden_partial(tmp_path: Path) -> None:
     rec = make(tmp_path, instruction="open the drawer")
     assert not rec.write("/a/joint_states", 1, b"\0\1\0\0")  # idle: ignored
     final = rec.start(10**9)
-    assert not final.exists() and [p.name[0] for p in tmp_path.iterdir()] == ["."]
+    assert not final.exists() and [p.name for p in tmp_path.iterdir()] == [".partial"]
     assert rec.write("/a/joint_states", 2 * 10**9, joint_state_cdr(rec))
     assert not rec.write("/unknown", 2 * 10**9, b"")
     rec.set_instruction("close the drawer", 3 * 10**9)
     summary = rec.stop(4 * 10**9)
     assert summary.path == final and final.is_dir() and not summary.success
     assert summary.duration == pytest.approx(3.0)
-    assert [p.name for p in tmp_path.iterdir()] == [final.name]  # partial renamed
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]  # partial moved
+    # The storage file carries the episode's name, not a temporary one.
+    assert [p.name for p in final.iterdir() if p.suffix == ".mcap"] == [f"{final.name}.mcap"]
     with BagReader(final) as bag:
         contents = bag.contents()
         assert contents.custom_data[META_INSTRUCTION] == "close the drawer"

@@ -2,9 +2,10 @@
 
 The core of ``vla-record`` (no rclpy here): the node feeds the CDR bytes it receives
 (subscriptions with ``raw=True``) straight into :class:`EpisodeRecorder`, so images are never
-deserialized. An episode's bag is written under a hidden name (``.episode_..._partial``) and
-renamed when it is stopped, so a crash or a discard never leaves something that looks like a
-finished episode; a discarded episode leaves nothing at all.
+deserialized. An episode's bag is written in a hidden directory (``.partial/episode_...``) and
+moved next to the finished ones when it is stopped, so a crash or a discard never leaves
+something that looks like a finished episode; a discarded episode leaves nothing at all. The
+bag keeps its final name inside (``episode_....mcap``), so the moved bag has no trace of it.
 
 What an episode holds besides the recorded topics: the instruction (as a message on the
 instruction topic at the start and at every change, and as ``vla.instruction`` metadata) and
@@ -27,6 +28,8 @@ from vla_policy_node.data.bags import BagWriter, META_EPISODE, META_INSTRUCTION,
 logger = logging.getLogger(__name__)
 
 STORAGES = ("mcap", "sqlite3")
+#: Where episodes are written until they are stopped (hidden, inside the output directory).
+PARTIAL_DIR = ".partial"
 
 
 class RecordingError(RuntimeError):
@@ -109,8 +112,9 @@ class EpisodeRecorder:
                 raise RecordingError(f"already recording {self._final_path.name}")
             name = self._next_name()
             final = self.output_dir / name
-            partial = self.output_dir / f".{name}_partial"
+            partial = self.output_dir / PARTIAL_DIR / name
             shutil.rmtree(partial, ignore_errors=True)
+            partial.parent.mkdir(parents=True, exist_ok=True)
             writer = BagWriter(partial, self.storage)
             try:
                 for topic, msgtype in self.topics.items():
@@ -180,6 +184,7 @@ class EpisodeRecorder:
             counts = dict(writer.counts)
             writer.close()
             os.replace(writer.path, final)
+            self._remove_empty_partial_dir()
             self._writer = self._final_path = None
             self.episodes_saved += 1
             summary = EpisodeSummary(final, (end_ns - self._start_ns) * 1e-9, counts,
@@ -187,6 +192,12 @@ class EpisodeRecorder:
             logger.info("saved %s (%.1f s, success=%s)", final, summary.duration,
                         summary.success)
             return summary
+
+    def _remove_empty_partial_dir(self) -> None:
+        try:
+            (self.output_dir / PARTIAL_DIR).rmdir()
+        except OSError:
+            pass  # another episode's (a killed one's) bag is still in it
 
     def discard(self) -> Path:
         """Drop the episode being recorded: nothing of it stays on disk."""
@@ -199,6 +210,7 @@ class EpisodeRecorder:
             finally:
                 shutil.rmtree(writer.path, ignore_errors=True)
                 self._writer = self._final_path = None
+                self._remove_empty_partial_dir()
             self.episodes_discarded += 1
             logger.info("discarded %s", final.name)
             return final
