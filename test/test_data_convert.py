@@ -222,6 +222,17 @@ def test_executor_commands_as_action_source(tmp_path: Path) -> None:
         np.testing.assert_allclose(ep.action, expected_pose(t_cmd, 1, lead=0.06), atol=1e-6)
 
 
+def test_the_bag_recorded_action_source_wins_unless_the_user_chose_one(tmp_path: Path) -> None:
+    commands = DataSpec.from_file(action_source="commands")
+    bag = write_episode_bag(tmp_path / "cmd", commands, SyntheticEpisode(seed=1))
+    # SPEC (the config) says leader arms; the bag says commands, and has no leader topics.
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "converted", report.error
+    [report] = convert_bags([bag], SPEC, tmp_path / "forced",
+                            ConvertOptions(action_source_from_bag=False))
+    assert report.status == "failed" and "leader" in report.error
+
+
 def test_instruction_success_and_missing_metadata(tmp_path: Path) -> None:
     failed = write_episode_bag(tmp_path / "failed_ep", SPEC, SyntheticEpisode(success=False))
     silent = write_episode_bag(tmp_path / "silent", SPEC, SyntheticEpisode(

@@ -78,8 +78,9 @@ def test_scripted_episode_through_ros_is_recorded_by_vla_record(spawn, tmp_path:
     assert contents.topics["/follower_left/commands/joint_group"].count == 400
     assert contents.topics["/follower_right/joint_states"].count >= 400
     assert contents.topics["/cam_left_wrist/camera/color/image_rect_raw"].count >= 80
-    spec = DataSpec.from_file(config, action_source="commands")
-    converted = convert_bag(bag, spec, tmp_path / "out")
+    # The configuration says teleoperation (leader arms); the bag says where its actions are.
+    assert contents.custom_data["vla.action_source"] == "commands"
+    converted = convert_bag(bag, DataSpec.from_file(config), tmp_path / "out")
     assert converted.status == "converted", converted.error
     assert converted.success is True
     assert converted.instruction == INSTRUCTIONS["transfer_cube"]

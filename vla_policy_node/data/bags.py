@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 META_INSTRUCTION = "vla.instruction"
 META_SUCCESS = "vla.success"
 META_EPISODE = "vla.episode"
+#: Where the recorded actions come from (``leader`` or ``commands``; see DataSpec).
+META_ACTION_SOURCE = "vla.action_source"
 
 # The stand-in interbotix_xs_msgs (the real package has more types; these are the ones used).
 INTERBOTIX_MSGS = {

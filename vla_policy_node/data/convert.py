@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 from dataclasses import asdict, dataclass, field
 import hashlib
 import json
@@ -41,12 +42,13 @@ import numpy as np
 
 from vla_policy_node.data.align import align, make_clock, runs
 from vla_policy_node.data.bags import (
-    BagError, BagReader, META_INSTRUCTION, META_SUCCESS, TopicMessages)
+    BagError, BagReader, META_ACTION_SOURCE, META_INSTRUCTION, META_SUCCESS,
+    TopicMessages)
 from vla_policy_node.data.cdr import (
     CdrError, header_stamps, parse_compressed_image, parse_image, parse_joint_states)
 from vla_policy_node.data.episodes import EpisodeWriter, write_json_atomic
 from vla_policy_node.data.images import decode_image, ImageDecodeError
-from vla_policy_node.data.spec import DataSpec
+from vla_policy_node.data.spec import ACTION_SOURCES, DataSpec
 from vla_policy_node.data.stats import compute_statistics, STATISTICS_FILE, write_statistics
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ class ConvertOptions:
         compression: None, "lzf" or "gzip" for the image datasets.
         dataset_name: key of dataset_statistics.json.
         force: convert again even when the manifest says the bag is unchanged.
+        action_source_from_bag: a bag that records its action source (``vla-record`` writes
+            ``vla.action_source``) is converted with it instead of the spec's; False: the spec
+            decides (the user chose a source).
     """
 
     instruction: str | None = None
@@ -87,6 +92,7 @@ class ConvertOptions:
     compression: str | None = None
     dataset_name: str = "aloha"
     force: bool = False
+    action_source_from_bag: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size is not None:
@@ -414,11 +420,23 @@ def convert_bag(bag: str | os.PathLike, spec: DataSpec, out_dir: str | os.PathLi
     return report
 
 
+def _spec_for_bag(reader: BagReader, spec: DataSpec, options: ConvertOptions) -> DataSpec:
+    """``spec`` with the bag's recorded action source, unless the user chose one."""
+    source = reader.contents().custom_data.get(META_ACTION_SOURCE)
+    if not options.action_source_from_bag or source in (None, spec.action_source):
+        return spec
+    if source not in ACTION_SOURCES:
+        raise ConversionError(f"bag metadata {META_ACTION_SOURCE}={source!r} is not one of "
+                              f"{ACTION_SOURCES}; pass --action-source")
+    return dataclasses.replace(spec, action_source=source)
+
+
 def _convert(bag: Path, spec: DataSpec, out_dir: Path, options: ConvertOptions,
              report: EpisodeReport, temporaries: list[Path], output_stem: str | None) -> None:
     robot = spec.robot
     with BagReader(bag) as reader:
         report.warnings = list(reader.warnings)
+        spec = _spec_for_bag(reader, spec, options)
         streams = _BagStreams(reader, spec)
         report.instruction = _instruction(streams, options)
         report.success = _success(streams)

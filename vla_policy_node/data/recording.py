@@ -23,7 +23,8 @@ import shutil
 import threading
 from typing import Mapping
 
-from vla_policy_node.data.bags import BagWriter, META_EPISODE, META_INSTRUCTION, META_SUCCESS
+from vla_policy_node.data.bags import (
+    BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class EpisodeRecorder:
         storage: ``mcap`` or ``sqlite3``.
         instruction: initial instruction (may be empty; then set one before saving or the
             converter needs ``--instruction``).
+        action_source: stored as ``vla.action_source`` metadata (``leader``/``commands``) so
+            that the converter takes the actions from the right topics.
     """
 
     def __init__(self, output_dir: str | os.PathLike, topics: Mapping[str, str],
                  instruction_topic: str, success_topic: str, storage: str = "mcap",
-                 instruction: str = "") -> None:
+                 instruction: str = "", action_source: str | None = None) -> None:
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
         if not topics:
@@ -69,6 +72,7 @@ class EpisodeRecorder:
         self.output_dir = Path(output_dir).expanduser()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.topics = dict(topics)
+        self.action_source = action_source
         self.topics[instruction_topic] = "std_msgs/msg/String"
         self.topics[success_topic] = "std_msgs/msg/Bool"
         self.instruction_topic = instruction_topic
@@ -181,6 +185,8 @@ class EpisodeRecorder:
                 writer.set_custom_data(META_INSTRUCTION, self.instruction)
             writer.set_custom_data(META_SUCCESS, str(self._success).lower())
             writer.set_custom_data(META_EPISODE, final.name)
+            if self.action_source:
+                writer.set_custom_data(META_ACTION_SOURCE, self.action_source)
             counts = dict(writer.counts)
             writer.close()
             os.replace(writer.path, final)

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vla_policy_node.data.bags import BagWriter, META_EPISODE, META_INSTRUCTION, META_SUCCESS
+from vla_policy_node.data.bags import (
+    BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
 from vla_policy_node.data.images import encode_compressed
 from vla_policy_node.data.spec import DataSpec
 
@@ -176,4 +177,5 @@ def write_episode_bag(path: str | os.PathLike, spec: DataSpec,
         if ep.success is not None:
             bag.set_custom_data(META_SUCCESS, str(ep.success).lower())
         bag.set_custom_data(META_EPISODE, path.name)
+        bag.set_custom_data(META_ACTION_SOURCE, spec.action_source)
     return path

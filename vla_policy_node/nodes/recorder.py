@@ -77,7 +77,8 @@ class RecorderNode(Node):
         topics = self.spec.record_topics()
         self.recorder = EpisodeRecorder(
             values["output_dir"], topics, self.spec.instruction_topic, self.spec.success_topic,
-            storage=str(values["storage"]), instruction=str(values["instruction"]))
+            storage=str(values["storage"]), instruction=str(values["instruction"]),
+            action_source=self.spec.action_source)
         self.max_duration = float(values["max_episode_duration"])
         self.keyboard = bool(values["keyboard"])
         self.received = 0

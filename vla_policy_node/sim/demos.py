@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from vla_policy_node.config import default_config_path, load_node_params, RobotConfig
-from vla_policy_node.data.bags import BagWriter, META_EPISODE, META_INSTRUCTION, META_SUCCESS
+from vla_policy_node.data.bags import (
+    BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.sim.aloha_sim import AlohaSim, INSTRUCTIONS, SimConfig, SimError, TASKS
 from vla_policy_node.sim.scripted import (
@@ -104,6 +105,7 @@ def write_scripted_bag(path: str | os.PathLike, spec: DataSpec, sim: AlohaSim, t
         bag.set_custom_data(META_INSTRUCTION, INSTRUCTIONS[task])
         bag.set_custom_data(META_SUCCESS, str(success).lower())
         bag.set_custom_data(META_EPISODE, Path(path).name)
+        bag.set_custom_data(META_ACTION_SOURCE, spec.action_source)
         bag.set_custom_data("vla.sim", f"{task} seed {seed}")
     return success
 

@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-age", type=float, default=None,
                         help="seconds a stream's latest message may be old at a frame")
     parser.add_argument("--action-source", choices=("leader", "commands"), default=None,
-                        help="leader arms (teleoperation) or executor commands")
+                        help="leader arms (teleoperation) or executor commands, for every bag "
+                             "(default: what each bag recorded in its vla.action_source "
+                             "metadata, else vla_recorder action_source)")
     parser.add_argument("--clock", choices=("header", "log"), default=None,
                         help="header stamps or bag receive times")
     parser.add_argument("--instruction", default=None,
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             instruction=args.instruction, only_success=args.only_success,
             image_size=tuple(args.image_size) if args.image_size else None,
             compression=None if args.compression == "none" else args.compression,
-            dataset_name=args.dataset_name, force=args.force)
+            dataset_name=args.dataset_name, force=args.force,
+            action_source_from_bag=args.action_source is None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"vla-convert: {exc}", file=sys.stderr)
         return 2

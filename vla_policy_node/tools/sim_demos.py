@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "them; node logs in OUT/logs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Example: vla-sim-demos --out bags/ --task insertion --episodes 20 && "
-               "vla-convert bags/episode_* --out dataset/ --action-source commands")
+               "vla-convert bags/episode_* --out dataset/")
     parser.add_argument("--out", required=True, help="directory for the episode bags")
     parser.add_argument("--task", choices=["transfer_cube", "insertion"],
                         default="transfer_cube", help="simulated task")
