@@ -16,6 +16,7 @@ faster, but not the recording path a robot uses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import asdict, dataclass
 import json
 import math
@@ -28,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from vla_policy_node.config import default_config_path, load_node_params, RobotConfig
-from vla_policy_node.launch_spec import NodeDescription
+from vla_policy_node.control.arms import ArmMapper
+from vla_policy_node.launch_spec import node_descriptions, NodeDescription
 
 #: Simulated steps after the last command before the outcome is read (the arms settle).
 SETTLE_STEPS = 25
@@ -79,7 +81,6 @@ class ScriptedTeleop:
         from std_srvs.srv import Trigger
         from vla_msgs.srv import SetInstruction
 
-        self.robot = robot
         self._Group, self._Single = JointGroupCommand, JointSingleCommand
         self._Parameter, self._Trigger = Parameter, Trigger
         self._SetInstruction, self._SetParameters = SetInstruction, SetParameters
@@ -89,16 +90,13 @@ class ScriptedTeleop:
             "vla_scripted_teleop", context=context,
             parameter_overrides=[Parameter("use_sim_time", Parameter.Type.BOOL, True)])
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        groups = robot.arm_group_indices()
-        self._outputs = []
-        for arm in robot.arms:
-            group = groups[arm]
-            self._outputs.append((
-                group,
-                self.node.create_publisher(
-                    JointGroupCommand, sim_params["group_topic"].format(arm=arm), reliable),
-                self.node.create_publisher(
-                    JointSingleCommand, sim_params["single_topic"].format(arm=arm), reliable)))
+        self._arms = ArmMapper(robot)
+        self._outputs = {arm: (
+            self.node.create_publisher(
+                JointGroupCommand, sim_params["group_topic"].format(arm=arm), reliable),
+            self.node.create_publisher(
+                JointSingleCommand, sim_params["single_topic"].format(arm=arm), reliable))
+            for arm in robot.arms}
         self.node.create_subscription(Clock, "/clock", self._on_clock, reliable)
         self.node.create_subscription(Bool, sim_params.get("success_topic", "/sim/success"),
                                       self._on_success, reliable)
@@ -135,13 +133,12 @@ class ScriptedTeleop:
 
     # ---- topics --------------------------------------------------------------------------
     def _publish(self, action: np.ndarray) -> None:
-        for group, group_pub, single_pub in self._outputs:
-            group_pub.publish(self._Group(
-                name=self.group_name,
-                cmd=action[group["joint_indices"]].astype(np.float32).tolist()))
-            single_pub.publish(self._Single(
-                name=self.gripper_name,
-                cmd=float(self.robot.unnormalize_gripper(action[group["gripper_index"]]))))
+        for command in self._arms.split(action):
+            group_pub, single_pub = self._outputs[command.arm]
+            group_pub.publish(self._Group(name=self.group_name,
+                                          cmd=command.positions.tolist()))
+            single_pub.publish(self._Single(name=self.gripper_name,
+                                            cmd=command.gripper_position))
 
     def _on_clock(self, msg: Any) -> None:
         with self._lock:
@@ -302,9 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def node_set(config: str, out: Path, storage: str, task: str,
              seed: int) -> list[NodeDescription]:
-    """The simulator and the recorder, configured for scripted recording."""
-    sim = NodeDescription("sim_aloha", "vla_policy_node.nodes.sim_aloha", "sim_aloha", config,
-                          {"use_sim_time": False, "task": task, "seed": int(seed)})
+    """The simulator (as the bringup starts it) and the recorder, set up for scripted
+    recording."""
+    [sim] = [node for node in node_descriptions(config=config, sim="true", task=task)
+             if node.name == "sim_aloha"]
+    sim = dataclasses.replace(sim, overrides={**sim.overrides, "seed": int(seed)})
     recorder = NodeDescription(
         "vla-record", "vla_policy_node.nodes.recorder", "vla_recorder", config,
         {"use_sim_time": True, "config_file": config, "output_dir": str(out),
