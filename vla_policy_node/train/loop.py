@@ -268,7 +268,7 @@ def _save_state(output_dir: Path, step: int, model: torch.nn.Module,
     with open(tmp, "wb") as stream:
         torch.save({"step": step, "model": _trainable_state(model),
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "losses": list(losses),
+                    "losses": list(losses),
                     "val_losses": {str(k): v for k, v in val_losses.items()},
                     "config": json.dumps(asdict(config), default=str), **extra}, stream)
         stream.flush()
@@ -446,7 +446,6 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
         start, losses = int(state["step"]), list(state["losses"])
         val_losses = {int(k): float(v) for k, v in state["val_losses"].items()}
         logger.info("resumed from %s (step %d)", state_path, start)
