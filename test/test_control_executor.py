@@ -281,3 +281,26 @@ def test_snapshot_reports_demand(robot):
     assert snap.last_chunk_id == 9
     assert snap.counters.accepted_chunks == 1
     assert snap.state is ExecutorState.IDLE
+
+
+def test_reset_sends_nothing_then_ramps_from_the_new_measured_pose(robot):
+    """Between evaluation episodes the simulator puts the arms back home: a reset executor must
+    not drive them back to its old command, and restarts from where the arms now are."""
+    core = make_core(robot)
+    feed_joint_states(core, robot, home(robot), now=0.0)
+    far = home(robot) + 0.3 * np.eye(robot.dim)[0]
+    core.submit_chunk(chunk(robot, 0.0, np.repeat(far[None], 100, 0), k=100), now=0.0)
+    for n in range(40):
+        last = core.tick(n * DT)
+    assert last[0] > home(robot)[0] + 0.1
+    assert core.reset() == (True, "reset")
+    for n in range(40, 60):
+        assert core.tick(n * DT) is None  # a stop would repeat `last`
+    assert not core.submit_chunk(chunk(robot, 1.2, home(robot), chunk_id=2), now=1.2).accepted
+    moved = home(robot) + 0.05 * np.eye(robot.dim)[1]
+    feed_joint_states(core, robot, moved, now=1.2)
+    assert core.resume()[0] and core.state is ExecutorState.IDLE
+    assert core.submit_chunk(chunk(robot, 1.2, np.repeat(moved[None], K, 0), chunk_id=3),
+                             now=1.2).accepted
+    first = core.tick(1.2)
+    np.testing.assert_allclose(first, moved, atol=1e-9)

@@ -12,6 +12,8 @@ states into a small state machine (the states of ``vla_msgs/ExecutorStatus``):
 * HOLDING: the last command is repeated (no motion) until a chunk brings a target again.
 * PAUSED: holding by request; chunks are still merged into the (time-indexed) plan.
 * STOPPED: holding by request; the plan is cleared and chunks are rejected until resume.
+  After a reset (a stop that also forgets the last command) nothing is sent until resume and
+  a new chunk, which ramps from the measured pose again.
 
 Nothing here imports rclpy; the node feeds it messages converted to numpy and publishes what
 :meth:`ExecutorCore.tick` returns. All methods are thread-safe.
@@ -247,6 +249,18 @@ class ExecutorCore:
             self._state = ExecutorState.STOPPED
             logger.info("stopped: holding the last command, plan cleared")
             return True, "stopped"
+
+    def reset(self) -> tuple[bool, str]:
+        """Stop and forget the last command: nothing is sent until :meth:`resume` and a new
+        chunk, which ramps from the measured pose. For a robot (or simulator) moved to a new
+        pose by someone else, e.g. between evaluation episodes: holding the old command would
+        drive it back."""
+        with self._lock:
+            self.stop()
+            self._last_command = None
+            self._last_target_time = None
+            logger.info("reset: plan cleared, nothing is sent until resume and a new chunk")
+            return True, "reset"
 
     def resume(self) -> tuple[bool, str]:
         """Leave PAUSED / STOPPED; motion restarts through the rate-limited ramp."""

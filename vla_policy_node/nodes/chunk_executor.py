@@ -192,7 +192,7 @@ class ChunkExecutorNode(Node):
         self._status_pub = self.create_publisher(ExecutorStatus, params["status_topic"], 10)
         self.create_timer(1.0 / params["status_rate_hz"], self._publish_status)
         for name, handler in (("~/pause", self.core.pause), ("~/resume", self.core.resume),
-                              ("~/stop", self.core.stop)):
+                              ("~/stop", self.core.stop), ("~/reset", self.core.reset)):
             self.create_service(Trigger, name, self._trigger(handler))
 
         # The control thread needs the GIL promptly when it wakes; Python's default 5 ms
