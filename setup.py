@@ -32,6 +32,7 @@ setup(
             "vla-bringup = vla_policy_node.tools.bringup:main",
             "vla-instruct = vla_policy_node.tools.instruct:main",
             "vla-demo = vla_policy_node.tools.demo:main",
+            "vla-eval = vla_policy_node.tools.eval:main",
             "vla-record = vla_policy_node.nodes.recorder:main",
             "vla-convert = vla_policy_node.tools.convert:main",
             "vla-finetune = vla_policy_node.tools.finetune:main",
