@@ -72,7 +72,7 @@ def test_official_checkpoint_loads_with_sizes_from_its_files(policy):
         48, 2, 4, 180)
     assert cfg.projector_hidden == 384
     assert (cfg.llm.hidden_size, cfg.llm.num_layers, cfg.llm.intermediate_size) == (64, 2, 172)
-    assert (cfg.chunk_length, cfg.action_dim, cfg.proprio_dim, cfg.head_blocks) == (25, 14, 14, 1)
+    assert (cfg.chunk_length, cfg.action_dim, cfg.proprio_dim, cfg.head_blocks) == (25, 14, 14, 2)
     assert cfg.use_film and cfg.use_proprio and cfg.action_head == "l1"
     assert cfg.camera_names == CAMERAS and cfg.normalization == "bounds"
 
@@ -82,7 +82,8 @@ def test_film_file_lora_deltas_are_applied(policy):
     state = torch.load(CHECKPOINT / "vision_backbone--100_checkpoint.pt", weights_only=True)
     pre = "vision_backbone.featurizer.blocks.0.block.mlp.fc1."
     base = state[pre + "base_layer.weight"].float()
-    delta = state[pre + "lora_B.default.weight"].float() @ state[pre + "lora_A.default.weight"].float()
+    lora_a, lora_b = state[pre + "lora_A.default.weight"], state[pre + "lora_B.default.weight"]
+    delta = lora_b.float() @ lora_a.float()
     assert delta.abs().max() > 1e-3
     ours = policy.model.vision_backbone.featurizer.encoder.layer[0].mlp.fc1.weight
     assert max_diff(ours, base + delta * (4 / 4)) < 1e-6

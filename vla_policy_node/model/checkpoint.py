@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import torch
 
 from vla_policy_node.model.configuration_oft import (ALOHA_CAMERAS, LIBERO_CAMERAS,
-                                                     LlamaTextConfig, OFTConfig, get_preset)
+                                                     LlamaTextConfig, OFTConfig, ViTConfig,
+                                                     get_preset)
 from vla_policy_node.model.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -259,10 +260,11 @@ def to_official_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 # ====================================================================== official directories
-_TOWERS_BY_TIMM_ID = {}
-for _preset_name in ("openvla-7b", "tiny"):
-    _cfg = get_preset(_preset_name)
-    _TOWERS_BY_TIMM_ID[(_cfg.dino.timm_id, _cfg.siglip.timm_id)] = _preset_name
+# Attention heads are the one tower size that no tensor shape carries (qkv is (3W, W) for any
+# head count); timm takes them from its registry by model id. Released towers by width:
+_REGISTERED_HEADS = {("dinov2_reg", 1024): 16, ("siglip", 1152): 16}
+# Our own writer records them in config.json (for towers that are not the released sizes).
+HEADS_HINT = "vla_policy_node_vision_heads"
 
 _COMPONENT = re.compile(r"^(action_head|proprio_projector|vision_backbone|noisy_action_projector)"
                         r"--(.+)_checkpoint\.pt$")
@@ -306,33 +308,99 @@ def _read_shards(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _tower_kind(timm_id: str, position: int) -> str:
+    name = timm_id.lower()
+    if "dinov2" in name:
+        return "dinov2_reg"
+    if "siglip" in name:
+        return "siglip"
+    # Prismatic's fused backbone: featurizer = DINOv2, fused_featurizer = SigLIP.
+    return ("dinov2_reg", "siglip")[position]
+
+
+def _vit_from_state(state: Mapping[str, torch.Tensor], prefix: str, kind: str, timm_id: str,
+                    image_size: int, heads_hint: int | None, fallback_heads: int,
+                    where: str) -> ViTConfig:
+    """One tower's sizes from its timm-named tensors (``prefix`` = "...featurizer.")."""
+    def get(name: str) -> torch.Tensor:
+        if prefix + name not in state:
+            raise CheckpointError(f"{where}: no {prefix + name}; cannot size the vision tower")
+        return state[prefix + name]
+
+    patch = get("patch_embed.proj.weight")
+    width, patch_size = int(patch.shape[0]), int(patch.shape[-1])
+    depth = 1 + max((int(m.group(1)) for k in state
+                     if (m := re.match(rf"^{re.escape(prefix)}blocks\.(\d+)\.", k))), default=-1)
+    mlp_dim = int(get("blocks.0.mlp.fc1.weight").shape[0])
+    registers = int(state[prefix + "reg_token"].shape[1]) if prefix + "reg_token" in state else 0
+    heads = heads_hint or _REGISTERED_HEADS.get((kind, width))
+    if heads is None:
+        heads = fallback_heads if width % fallback_heads == 0 else 1
+        logger.warning("%s: %s tower of width %d is not a released size and the checkpoint does "
+                       "not record its attention heads; assuming %d (the language model's head "
+                       "count). Override with config_overrides if that is wrong.",
+                       where, kind, width, heads)
+    return ViTConfig(kind=kind, width=width, depth=depth, heads=int(heads), mlp_dim=mlp_dim,
+                     patch_size=patch_size, image_size=image_size, num_registers=registers,
+                     timm_id=timm_id)
+
+
 def official_config(directory: Path, components: Mapping[str, Path],
-                    overrides: Mapping[str, Any] | None = None) -> OFTConfig:
-    """OFTConfig of an official directory: backbone from ``timm_model_ids``, Llama from
-    ``text_config`` (transformers' LlamaConfig defaults = Llama-2-7B, as OpenVLA relies on),
-    OFT sizes from the component files, platform defaults by action dim (14: ALOHA K=25,
-    3 cameras; 7: LIBERO K=8, 2 cameras), then ``overrides``."""
+                    overrides: Mapping[str, Any] | None = None,
+                    state: Mapping[str, torch.Tensor] | None = None) -> OFTConfig:
+    """OFTConfig of an official directory, every size from config.json and the tensors.
+
+    Towers: width, depth, MLP width, patch size, registers from the timm-named tensors (the
+    FiLM file's when there is one), image size from ``image_sizes``, heads from the released
+    towers' registry (not stored in any tensor). Projector widths and the Llama sizes from the
+    tensors (heads from ``text_config``, LlamaConfig defaults otherwise). Action head type,
+    D, hidden width and residual blocks from the head file, P from the proprio projector,
+    FiLM from the backbone file. K and cameras are platform constants of the reference
+    (D=14: ALOHA K=25, 3 cameras, BOUNDS; D=7: LIBERO K=8, 2 cameras, BOUNDS_Q99).
+    ``overrides`` are applied last.
+    """
     raw = json.loads((directory / "config.json").read_text())
-    ids = tuple(raw.get("timm_model_ids") or ())
-    if ids not in _TOWERS_BY_TIMM_ID:
-        raise CheckpointError(f"{directory}/config.json: unsupported timm_model_ids {list(ids)}; "
-                              f"known: {[list(k) for k in _TOWERS_BY_TIMM_ID]}")
-    base = get_preset(_TOWERS_BY_TIMM_ID[ids])
+    where = str(directory / "config.json")
+    ids = list(raw.get("timm_model_ids") or ())
+    if len(ids) != 2 or not raw.get("use_fused_vision_backbone", True):
+        raise CheckpointError(f"{where}: only the fused DINOv2 + SigLIP backbone is supported, "
+                              f"got timm_model_ids {ids}")
+    if state is None:
+        state = _read_shards(directory)
+    vision = state
+    if "vision_backbone" in components:
+        vision = _vision_file_as_timm(_torch_load(components["vision_backbone"]))
+    sizes = list(raw.get("image_sizes") or (224, 224))
     text = dict(raw.get("text_config") or {})
     heads = int(text.get("num_attention_heads", 32))
+    hint = raw.get(HEADS_HINT) or (None, None)
+    towers = [_vit_from_state(vision, prefix, _tower_kind(ids[i], i), ids[i], int(sizes[i]),
+                              hint[i], heads, where)
+              for i, prefix in enumerate((DINO, SIGLIP))]
+    if towers[0].kind != "dinov2_reg" or towers[1].kind != "siglip":
+        raise CheckpointError(f"{where}: expected DINOv2 then SigLIP, got timm_model_ids {ids}")
+    embed = state.get("language_model.model.embed_tokens.weight")
+    fc1 = state.get("projector.fc1.weight")
+    if embed is None or fc1 is None:
+        raise CheckpointError(f"{where}: the shards lack language_model.model.embed_tokens or "
+                              "projector.fc1; not an OpenVLA model")
+    hidden = int(embed.shape[1])
+    layers = 1 + max(int(m.group(1)) for k in state
+                     if (m := re.match(r"^language_model\.model\.layers\.(\d+)\.", k)))
+    kv_rows = int(state["language_model.model.layers.0.self_attn.k_proj.weight"].shape[0])
     llm = LlamaTextConfig(
-        hidden_size=int(text.get("hidden_size", 4096)),
-        intermediate_size=int(text.get("intermediate_size", 11008)),
-        num_layers=int(text.get("num_hidden_layers", 32)), num_heads=heads,
-        num_kv_heads=int(text.get("num_key_value_heads") or heads),
-        vocab_size=int(text.get("vocab_size", 32064)),
+        hidden_size=hidden,
+        intermediate_size=int(state["language_model.model.layers.0.mlp.gate_proj.weight"].shape[0]),
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_rows // (hidden // heads),
+        vocab_size=int(embed.shape[0]),
         max_position_embeddings=int(text.get("max_position_embeddings", 2048)),
         rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
         rope_theta=float(text.get("rope_theta", 10000.0)))
-    changes: dict[str, Any] = {"llm": llm, "name": f"official:{directory.name}",
-                               "tokenizer_kind": base.tokenizer_kind,
-                               "empty_token_id": base.empty_token_id,
-                               "n_action_bins": int(raw.get("n_action_bins", 256))}
+    changes: dict[str, Any] = {
+        "dino": towers[0], "siglip": towers[1], "llm": llm,
+        "projector_hidden": int(fc1.shape[0]), "name": f"official:{directory.name}",
+        **_tokenizer_fields(directory),
+        "n_action_bins": int(raw.get("n_action_bins", 256))}
     if "action_head" in components:
         head = _torch_load(components["action_head"])
         diffusion = "noisy_action_projector" in components
@@ -342,41 +410,106 @@ def official_config(directory: Path, components: Mapping[str, Path],
                   if (m := re.search(r"mlp_resnet_blocks\.(\d+)\.", k))}
         aloha = action_dim == 14
         changes.update(action_head="diffusion" if diffusion else "l1", action_dim=action_dim,
-                       head_blocks=len(blocks) or 2,
+                       head_blocks=len(blocks),
                        chunk_length=25 if aloha else 8,
                        camera_names=ALOHA_CAMERAS if aloha else LIBERO_CAMERAS,
                        normalization="bounds" if aloha else "bounds_q99")
+        if not aloha:
+            changes["resize_size"] = 256
         if "proprio_projector" in components:
             proprio = _torch_load(components["proprio_projector"])
             changes.update(use_proprio=True, proprio_dim=int(proprio["fc1.weight"].shape[1]))
         else:
             changes.update(use_proprio=False)
-        film = False
-        if "vision_backbone" in components:
-            film = any(".scale." in k for k in _torch_load(components["vision_backbone"]))
-        changes["use_film"] = film
+        changes["use_film"] = any(re.search(r"\.blocks\.\d+\.scale\.", k) for k in vision)
     else:  # plain OpenVLA: discrete tokens, one image, K=1
         changes.update(action_head="discrete", chunk_length=1, action_dim=7, proprio_dim=8,
                        use_proprio=False, use_film=False, camera_names=LIBERO_CAMERAS[:1],
                        normalization="bounds_q99")
+    base = get_preset("tiny")
     changes.update(overrides or {})
     return base.replace(**changes)
 
 
-def _film_backbone_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OFT's vision_backbone--*.pt (FiLM-wrapped timm blocks) -> our keys."""
-    out: dict[str, torch.Tensor] = {}
+def _tokenizer_fields(directory: Path) -> dict[str, Any]:
+    """Llama's tokenizer has the empty word piece "▁" (29871) that OFT appends after "Out:"
+    (modeling_prismatic.py:972-975); the tiny test tokenizer has none."""
+    tokenizer = TextTokenizer.load(directory)
+    empty = tokenizer.tokenizer.token_to_id("▁")
+    return {"tokenizer_kind": "llama" if tokenizer.pad_id >= 32000 else "tiny",
+            "empty_token_id": empty}
+
+
+_LORA = re.compile(r"^(.+)\.(base_layer\.(weight|bias)|lora_A\.default\.weight|"
+                   r"lora_B\.default\.weight)$")
+
+
+def film_lora_scale(lora_a: torch.Tensor, adapter_dir: Path | None) -> float:
+    """alpha / r of the vision LoRA in a FiLM file: from ``lora_adapter/adapter_config.json``
+    when present, else the reference's rule alpha = min(r, 16) (finetune.py:847-854,
+    openvla_utils.py:325-331) with r from the lora_A shape."""
+    config = adapter_dir / "adapter_config.json" if adapter_dir is not None else None
+    if config is not None and config.is_file():
+        cfg = json.loads(config.read_text())
+        return float(cfg["lora_alpha"]) / float(cfg["r"])
+    rank = int(lora_a.shape[0])
+    return min(rank, 16) / rank
+
+
+def _vision_file_as_timm(state: Mapping[str, torch.Tensor],
+                         adapter_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """OFT's ``vision_backbone--*.pt`` -> plain timm names under ``vision_backbone.``.
+
+    The file is the state dict of the FiLM-wrapped, LoRA-wrapped backbone
+    (finetune.py:644): ``vision_backbone.<tower>.blocks.N.block.<timm>`` with peft's
+    ``base_layer`` / ``lora_A.default`` / ``lora_B.default`` for every linear (and the patch
+    convolution), FiLM ``blocks.N.scale|shift``. The reference keeps the LoRA layers active
+    at inference (openvla_utils.py:332-347); folding ``W + (alpha/r) B A`` computes the same.
+    FiLM keys come back as ``vision_backbone.<tower>.blocks.N.scale|shift.*``.
+    """
+    plain: dict[str, torch.Tensor] = {}
+    lora: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        tower, _, rest = key.partition(".")
-        if tower not in ("featurizer", "fused_featurizer"):
-            raise CheckpointError(f"unknown vision_backbone key {key!r}")
-        match = re.match(r"^blocks\.(\d+)\.(scale|shift)\.(weight|bias)$", rest)
+        if not key.startswith("vision_backbone."):
+            key = "vision_backbone." + key    # files written without the wrapper's prefix
+        key = re.sub(r"\.blocks\.(\d+)\.block\.", r".blocks.\1.", key)
+        match = _LORA.match(key)
+        if match is None:
+            plain[key] = value
+            continue
+        layer, part = match.group(1), match.group(2)
+        lora.setdefault(layer, {})[part] = value
+    for layer, parts in lora.items():
+        if "base_layer.weight" not in parts:
+            raise CheckpointError(f"vision_backbone file: {layer} has LoRA tensors but no "
+                                  "base_layer.weight")
+        weight = parts["base_layer.weight"]
+        if "lora_A.default.weight" in parts and "lora_B.default.weight" in parts:
+            a, b = parts["lora_A.default.weight"].float(), parts["lora_B.default.weight"].float()
+            scale = film_lora_scale(a, adapter_dir)
+            # Linear: B (out, r) @ A (r, in); conv: A (r, C, k, k), B (out, r, 1, 1).
+            delta = (b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)).reshape(weight.shape)
+            weight = weight.float() + scale * delta
+        plain[layer + ".weight"] = weight
+        if "base_layer.bias" in parts:
+            plain[layer + ".bias"] = parts["base_layer.bias"]
+    return plain
+
+
+def _film_backbone_state(state: Mapping[str, torch.Tensor],
+                         adapter_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """OFT's vision_backbone--*.pt -> our keys (LoRA folded, FiLM layers mapped)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in _vision_file_as_timm(state, adapter_dir).items():
+        match = re.match(r"^vision_backbone\.(featurizer|fused_featurizer)\.blocks\.(\d+)\."
+                         r"(scale|shift)\.(weight|bias)$", key)
         if match:
-            index, which, suffix = match.groups()
+            tower, index, which, suffix = match.groups()
             out[f"vision_backbone.{tower}_film.{index}.{which}.{suffix}"] = value
             continue
-        rest = re.sub(r"^blocks\.(\d+)\.block\.", r"blocks.\1.", rest)
-        for k, v in map_official_key(f"vision_backbone.{tower}.{rest}", value):
+        if not key.startswith((DINO, SIGLIP)):
+            raise CheckpointError(f"unknown vision_backbone key {key!r}")
+        for k, v in map_official_key(key, value):
             out[k] = v
     return out
 
@@ -388,16 +521,20 @@ def load_official(directory: Path, device: str = "cpu", dtype: str = "float32",
     """An official OpenVLA (HF) or OpenVLA-OFT checkpoint directory."""
     from vla_policy_node.model.policy import build_policy
     components = _find_components(directory)
-    config = official_config(directory, components, config_overrides)
+    shards = _read_shards(directory)
+    config = official_config(directory, components, config_overrides, shards)
     tokenizer = TextTokenizer.load(directory)
     stats = _read_statistics(directory)
     if stats is None:
         stats = json.loads((directory / "config.json").read_text()).get("norm_stats")
     policy = build_policy(config, tokenizer, device, dtype, seed, stats, unnorm_key)
     model = policy.model
-    state = map_official_state(_read_shards(directory))
-    if config.use_film:
-        state.update(_film_backbone_state(_torch_load(components["vision_backbone"])))
+    state = map_official_state(shards)
+    if "vision_backbone" in components:
+        # The reference takes the whole backbone from this file (openvla_utils.py:341-343).
+        adapter = directory / "lora_adapter"
+        state.update(_film_backbone_state(_torch_load(components["vision_backbone"]),
+                                          adapter if adapter.is_dir() else None))
     for name in ("action_head", "proprio_projector", "noisy_action_projector"):
         if name in components and getattr(model, name) is not None:
             state.update({f"{name}.{k}": v for k, v in _torch_load(components[name]).items()})
@@ -460,6 +597,7 @@ def save_official_layout(policy: Any, directory: str | os.PathLike, step: int = 
            "timm_model_ids": [config.dino.timm_id, config.siglip.timm_id],
            "image_sizes": [config.image_size, config.image_size],
            "use_fused_vision_backbone": True, "n_action_bins": config.n_action_bins,
+           HEADS_HINT: [config.dino.heads, config.siglip.heads],
            "pad_token_id": policy.tokenizer.pad_id,
            "text_config": {"model_type": "llama", "hidden_size": llm.hidden_size,
                            "intermediate_size": llm.intermediate_size,
@@ -506,13 +644,12 @@ def save_official_layout(policy: Any, directory: str | os.PathLike, step: int = 
         film: dict[str, torch.Tensor] = {}
         for key, value in main.items():
             if key.startswith("vision_backbone."):
-                k = re.sub(r"^(featurizer|fused_featurizer)\.blocks\.(\d+)\.",
-                           r"\1.blocks.\2.block.", key[len("vision_backbone."):])
-                film[k] = value
+                film[re.sub(r"\.blocks\.(\d+)\.", r".blocks.\1.block.", key)] = value
         for key, value in state.items():
             match = re.match(r"^vision_backbone\.(featurizer|fused_featurizer)_film\.(\d+)\.(.+)$",
                              key)
             if match:
-                film[f"{match.group(1)}.blocks.{match.group(2)}.{match.group(3)}"] = value
+                film[f"vision_backbone.{match.group(1)}.blocks.{match.group(2)}."
+                     f"{match.group(3)}"] = value
         component("vision_backbone", film)
     return directory
