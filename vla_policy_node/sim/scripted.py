@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 #: Steps of 1/50 s per scripted episode (ACT: 400 for both tasks).
 EPISODE_STEPS = {"transfer_cube": 400, "insertion": 400}
 
+#: Seed convention: training demonstrations use object-placement seeds below
+#: ``DEMO_SEED_LIMIT`` (vla-sim-demos starts at 0), evaluation starts at ``EVAL_SEED_START``
+#: (vla-eval's default), so held-out episodes never place the objects as a demonstration did.
+DEMO_SEED_LIMIT = 100_000
+EVAL_SEED_START = 1_000_000
+
 
 @dataclass(frozen=True)
 class Waypoint:

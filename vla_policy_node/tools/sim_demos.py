@@ -59,70 +59,62 @@ class EpisodeResult:
     wall_seconds: float
 
 
-class ScriptedTeleop:
-    """A ROS node that commands the simulated arms like a teleoperator and runs the recorder.
+class SimDriver:
+    """A ROS node that drives the simulated ALOHA between episodes: its /clock, its success
+    flag, its task/seed parameters and reset service, and the services of other nodes.
+
+    The ROS callbacks run on a thread of their own, so the caller may block on service calls
+    and on simulated time. Subclasses add clients to ``self._clients`` (``extra_clients``)
+    and subscriptions in :meth:`_setup`.
 
     Args:
         context: an initialized rclpy context.
         robot: robot description (topics, gripper calibration).
         sim_params: the ``sim_aloha`` parameters (command topics and names, success topic).
-        sim_node / recorder_node: names of the running nodes (their services).
+        sim_node: name of the running simulator node (its services).
+        node_name: name of this node.
+        extra_clients: more Trigger services, ``{key: full service name}``.
     """
 
     def __init__(self, context: Any, robot: RobotConfig, sim_params: dict[str, Any],
-                 sim_node: str = "sim_aloha", recorder_node: str = "vla_recorder") -> None:
+                 sim_node: str = "sim_aloha", node_name: str = "vla_sim_driver",
+                 extra_clients: dict[str, str] | None = None) -> None:
         import rclpy
-        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
         from std_msgs.msg import Bool
         from std_srvs.srv import Trigger
-        from vla_msgs.srv import SetInstruction
 
-        self._Group, self._Single = JointGroupCommand, JointSingleCommand
-        self._Parameter, self._Trigger = Parameter, Trigger
-        self._SetInstruction, self._SetParameters = SetInstruction, SetParameters
-        self.group_name = str(sim_params.get("group_name", "arm"))
-        self.gripper_name = str(sim_params.get("gripper_name", "gripper"))
+        self.robot = robot
+        self.sim_params = sim_params
+        self._Parameter, self._Trigger, self._SetParameters = Parameter, Trigger, SetParameters
         self.node = rclpy.create_node(
-            "vla_scripted_teleop", context=context,
+            node_name, context=context,
             parameter_overrides=[Parameter("use_sim_time", Parameter.Type.BOOL, True)])
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self._arms = ArmMapper(robot)
-        self._outputs = {arm: (
-            self.node.create_publisher(
-                JointGroupCommand, sim_params["group_topic"].format(arm=arm), reliable),
-            self.node.create_publisher(
-                JointSingleCommand, sim_params["single_topic"].format(arm=arm), reliable))
-            for arm in robot.arms}
-        self.node.create_subscription(Clock, "/clock", self._on_clock, reliable)
-        self.node.create_subscription(Bool, sim_params.get("success_topic", "/sim/success"),
-                                      self._on_success, reliable)
-        self._clients = {
-            "reset": self.node.create_client(Trigger, f"/{sim_node}/reset"),
-            "sim_parameters": self.node.create_client(
-                SetParameters, f"/{sim_node}/set_parameters"),
-            "start": self.node.create_client(Trigger, f"/{recorder_node}/start"),
-            "stop": self.node.create_client(Trigger, f"/{recorder_node}/stop"),
-            "discard": self.node.create_client(Trigger, f"/{recorder_node}/discard"),
-            "mark_success": self.node.create_client(Trigger, f"/{recorder_node}/mark_success"),
-            "set_instruction": self.node.create_client(
-                SetInstruction, f"/{recorder_node}/set_instruction"),
-        }
+        self.reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._lock = threading.Lock()
         self._ticks = 0
+        self.sim_time = math.nan
         self._tick_event = threading.Condition(self._lock)
-        self._actions: np.ndarray | None = None
-        self._next = 0
-        self._settle = 0
-        self._success = False
-        self._done = threading.Event()
+        self.node.create_subscription(Clock, "/clock", self._on_clock_msg, self.reliable)
+        self.node.create_subscription(Bool, sim_params.get("success_topic", "/sim/success"),
+                                      self._on_success, self.reliable)
+        self._clients: dict[str, Any] = {
+            "reset": self.node.create_client(Trigger, f"/{sim_node}/reset"),
+            "sim_parameters": self.node.create_client(
+                SetParameters, f"/{sim_node}/set_parameters")}
+        for key, service in (extra_clients or {}).items():
+            self._clients[key] = self.node.create_client(Trigger, service)
+        self._setup()
         self._executor = rclpy.executors.SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
-        self._spinner = threading.Thread(target=self._spin, name="teleop-ros", daemon=True)
+        self._spinner = threading.Thread(target=self._spin, name="sim-driver-ros", daemon=True)
         self._spinner.start()
+
+    def _setup(self) -> None:
+        """Subclasses: more publishers, subscriptions and clients (before spinning starts)."""
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
@@ -131,36 +123,18 @@ class ScriptedTeleop:
         except ExternalShutdownException:
             pass
 
-    # ---- topics --------------------------------------------------------------------------
-    def _publish(self, action: np.ndarray) -> None:
-        for command in self._arms.split(action):
-            group_pub, single_pub = self._outputs[command.arm]
-            group_pub.publish(self._Group(name=self.group_name,
-                                          cmd=command.positions.tolist()))
-            single_pub.publish(self._Single(name=self.gripper_name,
-                                            cmd=command.gripper_position))
-
-    def _on_clock(self, msg: Any) -> None:
+    def _on_clock_msg(self, msg: Any) -> None:
         with self._lock:
             self._ticks += 1
+            self.sim_time = msg.clock.sec + msg.clock.nanosec * 1e-9
             self._tick_event.notify_all()
-            actions = self._actions
-            if actions is None:
-                return
-            if self._next < len(actions):
-                # One command per simulated step: this tick executed the previous command.
-                self._publish(actions[self._next])
-                self._next += 1
-            elif self._settle > 0:
-                self._settle -= 1
-            else:
-                self._actions = None
-                self._done.set()
+            self._on_tick()
+
+    def _on_tick(self) -> None:
+        """Subclasses: called (lock held) on every simulator step."""
 
     def _on_success(self, msg: Any) -> None:
-        with self._lock:
-            if self._actions is not None and msg.data:
-                self._success = True
+        """Subclasses: the simulator's success flag (every joint-state period)."""
 
     def wait_ticks(self, n: int, timeout: float = 30.0) -> None:
         """Wait until the simulator has stepped ``n`` more times (its /clock)."""
@@ -185,7 +159,7 @@ class ScriptedTeleop:
         return response
 
     def trigger(self, name: str) -> str:
-        """Call a std_srvs/Trigger service of the simulator or recorder; its message."""
+        """Call one of the std_srvs/Trigger services; its message."""
         return self._call(name, self._Trigger.Request()).message
 
     def set_episode(self, task: str, seed: int) -> str:
@@ -202,9 +176,6 @@ class ScriptedTeleop:
             raise DemoError(f"the simulator reset to {message!r}, not seed {seed}")
         return message
 
-    def set_instruction(self, text: str) -> None:
-        self._call("set_instruction", self._SetInstruction.Request(instruction=text))
-
     def wait_for_graph(self, timeout: float) -> None:
         """Wait for the simulator's clock and every service, or raise naming what is missing."""
         deadline = time.monotonic() + timeout
@@ -212,6 +183,84 @@ class ScriptedTeleop:
             if not client.wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
                 raise DemoError(f"service {client.srv_name} did not appear in {timeout:.0f} s")
         self.wait_ticks(1, timeout=max(1.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        self._executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+
+
+class ScriptedTeleop(SimDriver):
+    """A ROS node that commands the simulated arms like a teleoperator and runs the recorder.
+
+    Args:
+        context: an initialized rclpy context.
+        robot: robot description (topics, gripper calibration).
+        sim_params: the ``sim_aloha`` parameters (command topics and names, success topic).
+        sim_node / recorder_node: names of the running nodes (their services).
+    """
+
+    def __init__(self, context: Any, robot: RobotConfig, sim_params: dict[str, Any],
+                 sim_node: str = "sim_aloha", recorder_node: str = "vla_recorder") -> None:
+        self._recorder_node = recorder_node
+        self._actions: np.ndarray | None = None
+        self._next = 0
+        self._settle = 0
+        self._success = False
+        self._done = threading.Event()
+        super().__init__(context, robot, sim_params, sim_node, "vla_scripted_teleop", {
+            name: f"/{recorder_node}/{name}"
+            for name in ("start", "stop", "discard", "mark_success")})
+
+    def _setup(self) -> None:
+        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+        from vla_msgs.srv import SetInstruction
+
+        self._Group, self._Single = JointGroupCommand, JointSingleCommand
+        self._SetInstruction = SetInstruction
+        self.group_name = str(self.sim_params.get("group_name", "arm"))
+        self.gripper_name = str(self.sim_params.get("gripper_name", "gripper"))
+        self._arms = ArmMapper(self.robot)
+        self._outputs = {arm: (
+            self.node.create_publisher(
+                JointGroupCommand, self.sim_params["group_topic"].format(arm=arm),
+                self.reliable),
+            self.node.create_publisher(
+                JointSingleCommand, self.sim_params["single_topic"].format(arm=arm),
+                self.reliable))
+            for arm in self.robot.arms}
+        self._clients["set_instruction"] = self.node.create_client(
+            SetInstruction, f"/{self._recorder_node}/set_instruction")
+
+    # ---- topics --------------------------------------------------------------------------
+    def _publish(self, action: np.ndarray) -> None:
+        for command in self._arms.split(action):
+            group_pub, single_pub = self._outputs[command.arm]
+            group_pub.publish(self._Group(name=self.group_name,
+                                          cmd=command.positions.tolist()))
+            single_pub.publish(self._Single(name=self.gripper_name,
+                                            cmd=command.gripper_position))
+
+    def _on_tick(self) -> None:
+        actions = self._actions
+        if actions is None:
+            return
+        if self._next < len(actions):
+            # One command per simulated step: this tick executed the previous command.
+            self._publish(actions[self._next])
+            self._next += 1
+        elif self._settle > 0:
+            self._settle -= 1
+        else:
+            self._actions = None
+            self._done.set()
+
+    def _on_success(self, msg: Any) -> None:
+        with self._lock:
+            if self._actions is not None and msg.data:
+                self._success = True
+
+    def set_instruction(self, text: str) -> None:
+        self._call("set_instruction", self._SetInstruction.Request(instruction=text))
 
     # ---- episodes ------------------------------------------------------------------------
     def play(self, actions: np.ndarray, period: float) -> bool:
@@ -257,10 +306,6 @@ class ScriptedTeleop:
             self.trigger("discard")
         return EpisodeResult(int(trajectory.seed), bool(success), bag,
                              len(trajectory.actions), round(time.monotonic() - wall, 2))
-
-    def close(self) -> None:
-        self._executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
 
 
 def build_parser() -> argparse.ArgumentParser:
