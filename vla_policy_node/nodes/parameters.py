@@ -51,7 +51,10 @@ def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str
                 descriptor.floating_point_range = [FloatingPointRange(
                     from_value=float(low), to_value=float(high), step=0.0)]
         if spec.default is None:
-            node.declare_parameter(spec.name, spec.type_, descriptor)
+            # Writable until we know it has a value: an optional parameter left without one
+            # is undeclared below, which a read-only one cannot be.
+            node.declare_parameter(spec.name, spec.type_,
+                                   replace_descriptor(descriptor, read_only=False))
         else:
             node.declare_parameter(spec.name, spec.default, descriptor)
         try:
@@ -61,16 +64,33 @@ def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str
             unset = True
         if unset:
             if spec.optional:
+                # A declared parameter without a value makes rclpy's GetParameters answer
+                # nothing for the whole batch (`ros2 param dump` printed {}): an unset
+                # optional parameter is not declared at all.
+                node.undeclare_parameter(spec.name)
                 values[spec.name] = None
                 continue
             raise ValueError(
                 f"parameter {spec.name} is not set: start the node with --params-file "
                 "config/aloha.yaml (or your copy of it)")
+        if spec.default is None and spec.read_only:
+            node.undeclare_parameter(spec.name)
+            node.declare_parameter(spec.name, parameter.value, descriptor)
         value = parameter.value
         if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
             value = list(value)
         values[spec.name] = value
     return values
+
+
+def replace_descriptor(descriptor: ParameterDescriptor, **fields: Any) -> ParameterDescriptor:
+    """A copy of ``descriptor`` with ``fields`` changed."""
+    copy = ParameterDescriptor()
+    for name in ParameterDescriptor.get_fields_and_field_types():
+        setattr(copy, name, getattr(descriptor, name))
+    for name, value in fields.items():
+        setattr(copy, name, value)
+    return copy
 
 
 def robot_parameter_specs(read_only: bool = False) -> tuple[ParameterSpec, ...]:

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import numpy as np
+from rclpy import logging as rclpy_logging
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -317,7 +318,10 @@ class SimAlohaNode(Node):
 
     def destroy_node(self) -> None:
         self.stop()
-        self.get_logger().info(f"stopped at sim time {self.sim_time:.2f} s, {self.counters}")
+        # After Ctrl-C the context is gone: a node logger would fail to reach /rosout.
+        logger = self.get_logger() if self.context.ok() else rclpy_logging.get_logger(
+            f"{NODE_NAME}.shutdown")
+        logger.info(f"stopped at sim time {self.sim_time:.2f} s, {self.counters}")
         self.sim.close()
         super().destroy_node()
 

@@ -317,7 +317,9 @@ class VlaPolicyNode(Node):
         self._stop.set()
         self._wake.set()
         if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+            # The worker checks _stop between inferences; a long one is not waited for (it
+            # is a daemon thread and publishes nothing once the context is shut down).
+            self._worker.join(timeout=1.0)
         super().destroy_node()
 
 
