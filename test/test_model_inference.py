@@ -80,16 +80,17 @@ def test_action_slots_attend_bidirectionally(tiny):
         zeros = torch.zeros(1, n, h)
         poked = zeros.clone()
         poked[0, -1] = 5.0  # only the LAST slot changes
-        first = model.action_hidden_states(batch, zeros, prefix=prefix)[0, 0]
-        first_poked = model.action_hidden_states(batch, poked, prefix=prefix)[0, 0]
+        # Read position 0 is the last prompt token, 1 the first slot (the reference's offset).
+        first = model.action_hidden_states(batch, zeros, prefix=prefix)[0, 1]
+        first_poked = model.action_hidden_states(batch, poked, prefix=prefix)[0, 1]
         # The FIRST slot sees the change: attention is not causal.
         assert (first - first_poked).abs().max() > 1e-3
         # Control: the same pass with a causal mask cannot see it.
         tail, tail_mask = model._text_tail(batch)
         outs = []
         for slots in (zeros, poked):
-            emb, mask, start = model._assemble(prefix[0], prefix[1], [], tail, tail_mask, slots)
-            outs.append(model.run_llm(emb, mask, causal=True)[0, start])
+            emb, mask, reads = model._assemble(prefix[0], prefix[1], [], tail, tail_mask, slots)
+            outs.append(model.run_llm(emb, mask, causal=True)[0, reads[0, 1]])
         assert torch.allclose(outs[0], outs[1])
 
 

@@ -191,3 +191,12 @@ def test_infer_from_sim_frames(policy, expected, observations, obs):
 
 
 END_TO_END_TOL = 1e-2
+
+
+def test_training_loss_reads_the_same_positions(policy, expected, observations):
+    """The L1 training loss against the reference's own outputs is ~0 (batch of two, padded)."""
+    batch = reference_batch(policy, expected, observations, OBS)
+    batch["actions"] = torch.from_numpy(np.stack([expected[f"{o}_actions_normalized"]
+                                                  for o in OBS]))
+    with torch.no_grad():
+        assert float(policy.model.compute_loss(batch)) < 1e-5

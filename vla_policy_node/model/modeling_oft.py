@@ -157,7 +157,10 @@ class OFTModel(nn.Module):
 
     def _assemble(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, extra: list[torch.Tensor],
                   tail: torch.Tensor, tail_mask: torch.Tensor,
-                  slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+                  slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Concatenate one sequence per row; also return ``reads`` (B, K*D + 1): each row's own
+        last prompt token followed by every action slot (the positions that see, in a causal
+        LM, the next action)."""
         b = prefix.shape[0]
         stop = self.embed_tokens(torch.full((b, 1), self.eos_token_id, device=self.device))
         ones = torch.ones(b, 1, dtype=torch.bool, device=self.device)
@@ -166,15 +169,23 @@ class OFTModel(nn.Module):
                               torch.ones(slots.shape[:2], dtype=torch.bool, device=self.device),
                               ones], 1)
         first_slot = embeds.shape[1] - slots.shape[1] - 1
-        return embeds, key_mask, first_slot
+        # Padding sits between the prompt and the slots: the last prompt token is at the row's
+        # own index, not at first_slot - 1 (that is a PAD position for shorter prompts).
+        last_prompt = (prefix.shape[1] + len(extra) - 1
+                       + tail_mask.long().sum(1, keepdim=True))
+        slot_index = torch.arange(first_slot, first_slot + slots.shape[1], device=self.device)
+        reads = torch.cat([last_prompt, slot_index.expand(b, -1)], 1)
+        return embeds, key_mask, reads
 
-    def action_hidden_states(self, batch: dict[str, torch.Tensor],
-                             slots: torch.Tensor | None = None,
-                             timestep_token: torch.Tensor | None = None,
-                             prefix: tuple[torch.Tensor, torch.Tensor] | None = None
-                             ) -> torch.Tensor:
-        """Bidirectional pass; returns the hidden states of the K*D action slots (B, K*D, H).
+    def sequence_hidden_states(self, batch: dict[str, torch.Tensor],
+                               slots: torch.Tensor | None = None,
+                               timestep_token: torch.Tensor | None = None,
+                               prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bidirectional pass over the whole sequence.
 
+        Returns the final hidden states (B, L, H) and the action read positions (B, K*D):
+        each row's last prompt token through the second-to-last action slot.
         slots: (B, K*D, H) slot embeddings (default zeros, OFT's empty action embeddings).
         """
         prefix_embeds, prefix_mask = prefix if prefix is not None else self._prefix(batch)
@@ -184,10 +195,24 @@ class OFTModel(nn.Module):
                                 device=self.device)
         extra = [] if timestep_token is None else [timestep_token.unsqueeze(1).to(self.dtype)]
         tail, tail_mask = self._text_tail(batch)
-        embeds, key_mask, first = self._assemble(prefix_embeds, prefix_mask, extra, tail,
+        embeds, key_mask, reads = self._assemble(prefix_embeds, prefix_mask, extra, tail,
                                                  tail_mask, slots)
-        hidden = self.run_llm(embeds, key_mask)
-        return hidden[:, first:first + n_slots]
+        return self.run_llm(embeds, key_mask), reads[:, :n_slots]
+
+    def action_hidden_states(self, batch: dict[str, torch.Tensor],
+                             slots: torch.Tensor | None = None,
+                             timestep_token: torch.Tensor | None = None,
+                             prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+                             ) -> torch.Tensor:
+        """The K*D hidden states the action head reads (B, K*D, H).
+
+        As the reference (modeling_prismatic.py:914-918 inference, :862-866 diffusion; the
+        same offset in finetune.py's training forward): from the last prompt token (the
+        29871 after "Out:") through the second-to-last action slot, a causal-LM offset kept
+        although attention is bidirectional. Training and inference both read these.
+        """
+        hidden, reads = self.sequence_hidden_states(batch, slots, timestep_token, prefix)
+        return gather_positions(hidden, reads)
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: dict[str, torch.Tensor],
@@ -221,12 +246,12 @@ class OFTModel(nn.Module):
                                  device=self.device).reshape(b, -1)
         prefix, prefix_mask = self._prefix(batch)
         tail, tail_mask = self._text_tail(batch)
-        embeds, key_mask, first = self._assemble(prefix, prefix_mask, [], tail, tail_mask,
+        embeds, key_mask, reads = self._assemble(prefix, prefix_mask, [], tail, tail_mask,
                                                  self.embed_tokens(tokens))
         hidden = self.run_llm(embeds, key_mask, causal=True)
-        # Position first-1 predicts the first action token, ..., the last slot predicts STOP.
-        n = tokens.shape[1]
-        logits = self.language_model.lm_head(hidden[:, first - 1:first + n])
+        # The row's last prompt token predicts the first action token, ..., the last action
+        # token predicts STOP.
+        logits = self.language_model.lm_head(gather_positions(hidden, reads))
         targets = torch.cat([tokens, torch.full((b, 1), self.eos_token_id, device=self.device)], 1)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -285,7 +310,13 @@ class OFTModel(nn.Module):
             out = self.language_model.model(inputs_embeds=step_embeds, attention_mask=mask,
                                             position_ids=step_pos, past_key_values=cache,
                                             use_cache=True)
-            logits = self.language_model.lm_head(out.last_hidden_state[:, -1])
+            if not generated:
+                # Prompts are right-padded: each row continues from its last real token.
+                last = gather_positions(out.last_hidden_state,
+                                        key_mask.long().sum(1, keepdim=True) - 1)[:, 0]
+            else:
+                last = out.last_hidden_state[:, -1]
+            logits = self.language_model.lm_head(last)
             token = logits[:, lo:hi].argmax(-1) + lo
             generated.append(token)
             step_embeds = self.embed_tokens(token[:, None])
@@ -302,6 +333,11 @@ class OFTModel(nn.Module):
                 generator: torch.Generator | None = None) -> Any:
         """Training forward: the loss (same as :meth:`compute_loss`)."""
         return self.compute_loss(batch, generator)
+
+
+def gather_positions(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """hidden (B, L, H), index (B, N) long -> (B, N, H): per-row positions."""
+    return torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

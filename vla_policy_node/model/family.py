@@ -1,0 +1,64 @@
+"""The contract every policy family implements (OpenVLA-OFT, RoboFlamingo, ...).
+
+The vla_policy node, vla-bench and vla-finetune only use what is listed here. A family is its
+own room under ``model/`` (configuration, modeling, processor, checkpoint mapping); what the
+families share (image decoding, normalization statistics, :class:`InferenceResult`, the
+ActionChunk contract) lives once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+FAMILIES = ("oft", "roboflamingo")
+
+
+@runtime_checkable
+class PolicyFamily(Protocol):
+    """Observations in, un-normalized (K, D) action chunks out.
+
+    ``infer`` may keep history (RoboFlamingo: one frame per call); ``reset`` forgets it (the
+    node calls it when the instruction changes and on its ``~/reset`` service). Families
+    without history implement ``reset`` as a no-op.
+    """
+
+    family: str
+
+    @property
+    def camera_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def chunk_length(self) -> int: ...
+
+    @property
+    def action_dim(self) -> int: ...
+
+    @property
+    def proprio_dim(self) -> int: ...
+
+    def infer(self, images: Mapping[str, np.ndarray], proprio: np.ndarray | None,
+              instruction: str) -> Any: ...
+
+    def reset(self) -> None: ...
+
+    def set_statistics(self, stats: Mapping[str, Any], unnorm_key: str | None = None
+                       ) -> None: ...
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path: ...
+
+
+def family_of(policy: Any) -> str:
+    return getattr(policy, "family", "oft")
+
+
+def reset_policy(policy: Any) -> bool:
+    """Call ``policy.reset()`` when the family keeps history; True when it did."""
+    reset = getattr(policy, "reset", None)
+    if callable(reset):
+        reset()
+        return True
+    return False
