@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 import signal
 import subprocess
@@ -310,3 +312,139 @@ def test_action_window_pads_with_the_last_action() -> None:
     np.testing.assert_array_equal(action_window(actions, 1, 3), actions[1:4])
     window = action_window(actions, 4, 4)
     np.testing.assert_array_equal(window, [[8, 9], [10, 11], [10, 11], [10, 11]])
+
+
+# ---- damaged recordings: checksums ----------------------------------------------------------
+
+def episode_arrays(path: Path) -> list[np.ndarray]:
+    with Episode(path) as ep:
+        return [ep.qpos.copy(), ep.action.copy()] + [
+            np.stack([ep.image(c, i) for i in range(len(ep))]) for c in ep.camera_names]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_flipped_bytes_in_a_recorded_bag_never_convert_silently(tmp_path: Path,
+                                                                 storage: str) -> None:
+    """20 random bytes flipped anywhere in the storage file: the episode fails (checksum,
+    SQLite integrity), or the report warns, or the data is exactly the undamaged data
+    (bytes nobody reads). Before bags carried checksums, the damage converted as good data."""
+    clean = write_episode_bag(tmp_path / "clean", SPEC, SyntheticEpisode(storage=storage))
+    [report] = convert_bags([clean], SPEC, tmp_path / "clean_data")
+    assert report.status == "converted" and report.warnings == []
+    reference = episode_arrays(tmp_path / "clean_data" / "clean.hdf5")
+    [storage_file] = [p for p in clean.iterdir() if p.name != "metadata.yaml"]
+    detected = 0
+    for seed in range(6):
+        bag = tmp_path / f"flipped{seed}"
+        shutil.copytree(clean, bag)
+        damaged = bag / storage_file.name
+        data = bytearray(damaged.read_bytes())
+        rng = np.random.default_rng(seed)
+        for pos in rng.choice(len(data), 20, replace=False).tolist():
+            data[pos] ^= int(rng.integers(1, 256))
+        damaged.write_bytes(bytes(data))
+        [report] = convert_bags([bag], SPEC, tmp_path / f"data{seed}")
+        if report.status == "failed":
+            assert "damaged" in report.error or "Error" in report.error, report.error
+            detected += 1
+        elif report.warnings:
+            detected += 1
+        else:
+            assert report.status == "converted", report.error
+            for got, want in zip(episode_arrays(tmp_path / f"data{seed}" / report.outputs[0]),
+                                 reference):
+                np.testing.assert_array_equal(got, want)
+    assert detected >= 5  # images are most of the file: nearly every flip hits one
+
+
+def test_a_damaged_mcap_chunk_fails_its_episode_naming_the_checksum(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC)
+    [mcap] = bag.glob("*.mcap")
+    data = bytearray(mcap.read_bytes())
+    data[len(data) // 3] ^= 0x01  # inside the images of a chunk
+    mcap.write_bytes(bytes(data))
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "failed"
+    assert "is damaged" in report.error and "checksum mismatch" in report.error
+    assert not list((tmp_path / "data").glob("*.hdf5"))
+
+
+def test_a_damaged_sqlite3_message_or_page_fails_its_episode(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC, SyntheticEpisode(storage="sqlite3"))
+    [db] = bag.glob("*.db3")
+    con = sqlite3.connect(db)
+    (message_id, length) = con.execute(
+        "SELECT m.id, length(m.data) FROM messages m JOIN topics t ON t.id = m.topic_id "
+        "WHERE t.name LIKE '%cam_high%' ORDER BY m.id LIMIT 1 OFFSET 10").fetchone()
+    con.close()
+    blob_bag = tmp_path / "blob"
+    shutil.copytree(bag, blob_bag)
+    con = sqlite3.connect(blob_bag / db.name)
+    with con.blobopen("messages", "data", message_id) as blob:  # one pixel, in place
+        blob.seek(length - 7)
+        pixel = blob.read(1)
+        blob.seek(length - 7)
+        blob.write(bytes([pixel[0] ^ 0x10]))
+    con.commit()
+    con.close()
+    page_bag = tmp_path / "page"
+    shutil.copytree(bag, page_bag)
+    data = bytearray((page_bag / db.name).read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[2 * page] = 0x77  # the second page's b-tree page type: not a page SQLite knows
+    (page_bag / db.name).write_bytes(bytes(data))
+    reports = {Path(r.bag).name: r for r in convert_bags(
+        [bag, blob_bag, page_bag], SPEC, tmp_path / "data")}
+    assert reports["bag"].status == "converted"
+    assert reports["blob"].status == "failed"
+    assert f"message {message_id}: checksum mismatch" in reports["blob"].error
+    assert reports["page"].status == "failed" and "damaged" in reports["page"].error
+
+
+def test_a_wrong_message_count_in_metadata_yaml_is_a_warning(tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC)
+    metadata = bag / "metadata.yaml"
+    topic = SPEC.follower_topic(SPEC.robot.arms[0])
+    text = metadata.read_text()
+    at = text.index(f"name: {topic}")
+    count = text.rindex("message_count: ", 0, at)  # each entry lists its count first
+    end = text.index("\n", count)
+    stored = int(text[count + len("message_count: "):end])
+    metadata.write_text(text[:count] + f"message_count: {stored + 7}" + text[end:])
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "converted", report.error
+    assert report.warnings == [f"metadata.yaml lists {stored + 7} messages on {topic}, the "
+                               f"storage holds {stored} (read what is stored)"]
+
+
+def test_a_damaged_mcap_summary_is_a_warning_and_the_data_section_is_read(
+        tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC)
+    [report] = convert_bags([bag], SPEC, tmp_path / "clean")
+    reference = episode_arrays(tmp_path / "clean" / "bag.hdf5")
+    [mcap] = bag.glob("*.mcap")
+    data = bytearray(mcap.read_bytes())
+    footer = len(data) - 8 - 29
+    summary = int.from_bytes(data[footer + 9:footer + 17], "little")
+    assert int.from_bytes(data[footer + 25:footer + 29], "little") != 0  # CRC written
+    data[summary + 12] ^= 0x04  # inside the first channel record: its id
+    mcap.write_bytes(bytes(data))
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "converted", report.error
+    assert report.warnings == [f"{mcap.name}: the summary section is damaged (checksum "
+                               f"mismatch): read the data section alone"]
+    for got, want in zip(episode_arrays(tmp_path / "data" / "bag.hdf5"), reference):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_an_instruction_in_metadata_yaml_that_its_messages_contradict_is_a_warning(
+        tmp_path: Path) -> None:
+    bag = write_episode_bag(tmp_path / "bag", SPEC)
+    metadata = bag / "metadata.yaml"
+    metadata.write_text(metadata.read_text().replace("pick up the cube", "pick up the cuBe"))
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "converted", report.error
+    assert report.warnings == [
+        f"metadata vla.instruction 'pick up the cuBe' differs from the last message on "
+        f"{SPEC.instruction_topic} 'pick up the cube' (metadata.yaml damaged or edited?); "
+        f"used 'pick up the cuBe'"]

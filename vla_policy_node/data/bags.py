@@ -22,8 +22,8 @@ import zlib
 import numpy as np
 import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.rosbag2.storage_mcap import DECOMPRESSORS, McapReader
-from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
+from rosbags.rosbag2.storage_mcap import DECOMPRESSORS, McapReader, McapWriter
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader, Sqlite3Writer
 from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 from rosbags.typesys.store import Typestore
 
@@ -204,6 +204,7 @@ class BagReader:
         self._contents: BagContents | None = None
         self._reader: Reader | None = None
         self._target = self.path
+        self._miscounted: set[str] = set()
         try:
             if self.path.is_dir() and (self.path / "metadata.yaml").is_file():
                 self._metadata = _read_metadata(self.path, self.typestore)
@@ -409,7 +410,15 @@ class BagReader:
         msgtypes = {t: self.contents().topics[t].msgtype for t in wanted}
         with self._storage_errors():
             self._store = self._store or self._open_store()
-            return self._store.index(wanted, msgtypes, set(load))
+            index = self._store.index(wanted, msgtypes, set(load))
+        if self._metadata is not None and not self._metadata.scan:
+            for topic, messages in index.items():
+                listed = self.contents().topics[topic].count
+                if len(messages) != listed and topic not in self._miscounted:
+                    self._miscounted.add(topic)
+                    self._warn(f"metadata.yaml lists {listed} messages on {topic}, the "
+                               f"storage holds {len(messages)} (read what is stored)")
+        return index
 
     def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]],
               head: int | None = None) -> Iterator[tuple[TopicMessages, int, Any]]:
@@ -656,7 +665,8 @@ class _McapStore(_Store):
             # Channel id -> what to collect. The summary lists every channel; a file without
             # one declares each channel before its first message (the mcap rule).
             wanted: dict[int, Any] = {}
-            self._scan(f, mm, data_end, summary_end, found, wanted, summary=True)
+            if self._summary_intact(f, mm, data_end, summary_end):
+                self._scan(f, mm, data_end, summary_end, found, wanted, summary=True)
             self._scan(f, mm, data_start, data_end, found, wanted, summary=False)
         out = {}
         for t in topics:
@@ -670,6 +680,22 @@ class _McapStore(_Store):
                 raise self._damaged(f, f"message on {t} at {where}: log time {times[row]} "
                                        f">= 2**63") from None
         return out
+
+    def _summary_intact(self, f: int, mm: mmap.mmap, start: int, footer: int) -> bool:
+        """False (and a warning) where the footer's summary CRC does not match.
+
+        The summary only duplicates what the data section says (channels); a damaged one is
+        left out, so that a flipped channel id in it cannot send one topic's messages to
+        another, and the data section is read as a file without summary.
+        """
+        if start >= footer:
+            return True
+        (crc,) = struct.unpack_from("<I", mm, footer + 25)
+        if not crc or zlib.crc32(mm[start:footer + 25]) == crc:
+            return True
+        self.owner._warn(f"{self.paths[f].name}: the summary section is damaged (checksum "
+                         f"mismatch): read the data section alone")
+        return False
 
     def _sections(self, f: int, mm: mmap.mmap) -> tuple[int, int, int]:
         """Offsets where the data section starts and ends, and where the summary ends.
@@ -936,8 +962,11 @@ _BLOBOPEN = hasattr(sqlite3.Connection, "blobopen")
 class _SqliteStore(_Store):
     """sqlite3 files: ids and times in one query; blobs read one by one, only those asked for.
 
-    Locators are ``(file, message id)``. The database is memory-mapped by SQLite
-    (``mmap_size``), so a blob costs one copy instead of a read() per overflow page.
+    Locators are ``(file, message id, digest seed, digest)`` (see :meth:`index`). A file's
+    tables get a ``PRAGMA quick_check`` (see :meth:`_check`) before it is indexed, and
+    messages with a digest (:data:`DIGEST_TABLE`, our writer's) are verified when read
+    whole. The database is memory-mapped by SQLite (``mmap_size``), so a blob costs one
+    copy instead of a read() per overflow page.
     """
 
     _MMAP_SIZE = 1 << 31  # SQLite's default ceiling (SQLITE_MAX_MMAP_SIZE) is just below
@@ -1034,40 +1063,77 @@ class _SqliteStore(_Store):
             con.close()
         self.connections = []
 
+    def _check(self, f: int, con: sqlite3.Connection) -> set[str]:
+        """``PRAGMA quick_check`` of the tables of file ``f`` but ``messages``; returns them.
+
+        Checking ``messages`` would walk every blob's overflow pages (~0.3 ms per MB, a
+        third of a conversion); its rows are read by the index query (SQLite reports a
+        malformed b-tree there) and its data is checked against :data:`DIGEST_TABLE`.
+        """
+        tables = {name for (name,) in con.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if sqlite3.sqlite_version_info >= (3, 33, 0):  # quick_check(TABLE)
+            for table in sorted(tables - {"messages"}):
+                quoted = table.replace("'", "''")
+                problems = [row[0] for row in con.execute(f"PRAGMA quick_check('{quoted}')")]
+                if problems != ["ok"]:
+                    raise BagError(
+                        f"bag {self.owner.path} is damaged: {self.paths[f].name}: SQLite "
+                        f"integrity check of {table}: {'; '.join(map(str, problems[:5]))}")
+        return tables
+
+    def _damaged(self, f: int, message_id: int, what: str) -> BagError:
+        return BagError(f"bag {self.owner.path} is damaged: {self.paths[f].name}: message "
+                        f"{message_id}: {what}")
+
     def index(self, topics: Sequence[str], msgtypes: dict[str, str], load: set[str]
               ) -> dict[str, TopicMessages]:
-        found: dict[str, tuple[list[int], list[tuple[int, int]], list[Any] | None]] = {
+        """Locators are ``(file, message id, digest seed, digest)``; digest -1: none stored
+        (a bag from ``ros2 bag record``)."""
+        found: dict[str, tuple[list[int], list[tuple[int, ...]], list[Any] | None]] = {
             t: ([], [], [] if t in load else None) for t in topics}
         for f, con in enumerate(self.connections):
+            digests = DIGEST_TABLE in self._check(f, con)
             ids = {tid: name for tid, name in con.execute("SELECT id, name FROM topics")
                    if name in found}
             for with_data in (True, False):
                 chosen = [tid for tid, name in ids.items() if (name in load) == with_data]
                 if not chosen:
                     continue
-                query = (f"SELECT topic_id, id, timestamp{', data' if with_data else ''} "
-                         f"FROM messages WHERE topic_id IN ({','.join('?' * len(chosen))}) "
-                         f"ORDER BY timestamp, id")
+                query = (f"SELECT m.topic_id, m.id, m.timestamp, "
+                         f"{'COALESCE(c.crc, -1)' if digests else '-1'}"
+                         f"{', m.data' if with_data else ''} FROM messages m "
+                         f"{f'LEFT JOIN {DIGEST_TABLE} c ON c.id = m.id ' if digests else ''}"
+                         f"WHERE m.topic_id IN ({','.join('?' * len(chosen))}) "
+                         f"ORDER BY m.timestamp, m.id")
                 columns = list(zip(*con.execute(query, chosen).fetchall()))
                 if not columns:
                     continue
-                topic_ids, message_ids, stamps = (np.array(c, np.int64) for c in columns[:3])
+                topic_ids, message_ids, stamps, crcs = (
+                    np.array(c, np.int64) for c in columns[:4])
+                seeds = np.zeros(len(crcs), np.int64)
+                for i in np.flatnonzero(crcs >= 0).tolist():
+                    seeds[i] = _message_crc_seed(int(topic_ids[i]), int(stamps[i]))
+                    if with_data and zlib.crc32(columns[4][i], int(seeds[i])) != crcs[i]:
+                        raise self._damaged(f, int(message_ids[i]), "checksum mismatch")
                 for tid in chosen:
                     rows = np.flatnonzero(topic_ids == tid)
                     times, locators, payloads = found[ids[tid]]
                     times.extend(stamps[rows].tolist())
-                    locators.extend(zip([f] * len(rows), message_ids[rows].tolist()))
+                    locators.extend(zip([f] * len(rows), message_ids[rows].tolist(),
+                                        seeds[rows].tolist(), crcs[rows].tolist()))
                     if payloads is not None:
-                        payloads.extend(columns[3][i] for i in rows.tolist())
-        return {t: _sorted_topic(t, msgtypes[t], 2, *found[t]) for t in topics}
+                        payloads.extend(columns[4][i] for i in rows.tolist())
+        return {t: _sorted_topic(t, msgtypes[t], 4, *found[t]) for t in topics}
 
     def fetch(self, requests: Sequence[tuple[TopicMessages, np.ndarray]], head: int | None
               ) -> Iterator[tuple[TopicMessages, int, Any]]:
-        items = sorted((loc[0], loc[1], r, int(row))
+        """Whole messages are checked against their digest; ``head`` reads cannot be."""
+        items = sorted((*loc, r, int(row))
                        for r, (tm, rows) in enumerate(requests)
                        for row, loc in zip(np.asarray(rows).tolist(),
                                            tm.locators[rows].tolist()))
-        for f, message_id, r, row in items:
+        for f, message_id, seed, crc, r, row in items:
             con = self.connections[f]
             if _BLOBOPEN:  # Python >= 3.11: reads only the pages asked for
                 with con.blobopen("messages", "data", message_id, readonly=True) as blob:
@@ -1076,6 +1142,8 @@ class _SqliteStore(_Store):
                 query = ("SELECT data FROM messages WHERE id=?" if head is None else
                          f"SELECT substr(data, 1, {int(head)}) FROM messages WHERE id=?")
                 data = con.execute(query, (message_id,)).fetchone()[0]
+            if head is None and crc >= 0 and zlib.crc32(data, seed) != crc:
+                raise self._damaged(f, message_id, "checksum mismatch")
             yield requests[r][0], row, data
 
 
@@ -1119,11 +1187,86 @@ class _GenericStore(_Store):
                 yield tm, row, raw if head is None else raw[:head]
 
 
+#: Per-message checksums of the sqlite3 bags we write (rosbag2 ignores extra tables).
+DIGEST_TABLE = "vla_message_crc"
+
+
+def _message_crc_seed(topic_id: int, log_ns: int) -> int:
+    """CRC-32 of a sqlite3 message's topic id and log time: the start value of its digest,
+    so that the digest covers where and when the message is, not only its bytes."""
+    return zlib.crc32(struct.pack("<qq", topic_id, log_ns))
+
+
+class _CrcMcapWriter(McapWriter):
+    """rosbags' mcap writer, with chunk CRCs and the summary CRC filled in.
+
+    rosbags writes 0 (not computed) into both, so a flipped bit in a recorded image would
+    convert as good data. The chunk CRC covers every message, schema and channel (rosbags
+    puts them all in chunks) and is written as the chunk is, so a killed recording keeps
+    the CRCs of its complete chunks. The data section CRC stays 0 (it would cost a pass
+    over the file at every read; the chunks hold everything we read from the data section).
+    """
+
+    def close_chunk(self) -> None:
+        with self.chunk.bio.getbuffer() as records:
+            crc = zlib.crc32(records)
+        start = self.bio.tell()
+        super().close_chunk()
+        end = self.bio.tell()
+        # Chunk record: opcode, length, start time, end time, uncompressed size, CRC.
+        self.bio.seek(start + 9 + 24)
+        self.bio.write(crc.to_bytes(4, "little"))
+        self.bio.seek(end)
+
+    def close(self, version: int, metadata: str) -> None:
+        super().close(version, metadata)
+        _write_summary_crc(self.path)
+
+
+def _write_summary_crc(path: Path) -> None:
+    """Fill in the footer's summary CRC of a finished mcap file (all bytes from the summary
+    start to the footer's CRC field)."""
+    with open(path, "r+b") as f:
+        footer = f.seek(0, os.SEEK_END) - len(_MCAP_MAGIC) - 29
+        f.seek(footer)
+        record = f.read(29)
+        (summary_start,) = struct.unpack_from("<Q", record, 9)
+        if record[0] != _OP_FOOTER or not summary_start:
+            return
+        f.seek(summary_start)
+        crc = zlib.crc32(f.read(footer + 25 - summary_start))
+        f.seek(footer + 25)
+        f.write(crc.to_bytes(4, "little"))
+
+
+class _DigestSqlite3Writer(Sqlite3Writer):
+    """rosbags' sqlite3 writer plus a CRC-32 per message (:data:`DIGEST_TABLE`): SQLite
+    keeps no checksums of its pages, so a flipped bit in a blob is otherwise invisible."""
+
+    def __init__(self, path: Path, compression: Any) -> None:
+        super().__init__(path, compression)
+        self.conn.execute(f"CREATE TABLE {DIGEST_TABLE}(id INTEGER PRIMARY KEY, "
+                          f"crc INTEGER NOT NULL)")
+
+    def write(self, connection: Any, timestamp: int, data: bytes | memoryview) -> None:
+        super().write(connection, timestamp, data)
+        crc = zlib.crc32(data, _message_crc_seed(connection.id, timestamp))
+        self.cursor.execute(f"INSERT INTO {DIGEST_TABLE} VALUES(?, ?)",
+                            (self.cursor.lastrowid, crc))
+
+
+class _ChecksummedWriter(Writer):
+    STORAGE_PLUGINS = {StoragePlugin.MCAP: _CrcMcapWriter,
+                       StoragePlugin.SQLITE3: _DigestSqlite3Writer}
+
+
 class BagWriter:
     """Write one rosbag2 episode (mcap or sqlite3) from serialized or rosbags messages.
 
     ``write_raw`` takes CDR bytes (e.g. from an rclpy subscription with ``raw=True``);
     ``write`` serializes a rosbags message. ``custom_data`` ends up in metadata.yaml on close.
+    Every message is covered by a checksum that :class:`BagReader` verifies: mcap chunk
+    CRCs (and the summary CRC), or a CRC-32 per message in sqlite3 (:data:`DIGEST_TABLE`).
     """
 
     def __init__(self, path: str | os.PathLike, storage: str = "mcap",
@@ -1134,7 +1277,8 @@ class BagWriter:
         self.path = Path(path)
         self.storage = storage
         self.typestore = typestore or make_typestore()
-        self._writer = Writer(self.path, version=9, storage_plugin=plugins[storage])
+        self._writer = _ChecksummedWriter(self.path, version=9,
+                                          storage_plugin=plugins[storage])
         self._writer.open()
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}

@@ -435,10 +435,18 @@ def _convert(bag: Path, spec: DataSpec, out_dir: Path, options: ConvertOptions,
              report: EpisodeReport, temporaries: list[Path], output_stem: str | None) -> None:
     robot = spec.robot
     with BagReader(bag) as reader:
-        report.warnings = list(reader.warnings)
+        report.warnings = reader.warnings  # the same list: reading may find more
         spec = _spec_for_bag(reader, spec, options)
         streams = _BagStreams(reader, spec)
         report.instruction = _instruction(streams, options)
+        recorded = [text for _, text in streams.instructions if text.strip()]
+        stored = streams.custom.get(META_INSTRUCTION)
+        if stored and recorded and recorded[-1].strip() != stored.strip():
+            # The recorder writes both; the messages are checksummed, metadata.yaml is not.
+            reader.warnings.append(
+                f"metadata {META_INSTRUCTION} {stored!r} differs from the last message on "
+                f"{spec.instruction_topic} {recorded[-1]!r} (metadata.yaml damaged or "
+                f"edited?); used {report.instruction!r}")
         report.success = _success(streams)
         if options.only_success and report.success is not True:
             report.status = "skipped"
