@@ -448,3 +448,16 @@ def test_an_instruction_in_metadata_yaml_that_its_messages_contradict_is_a_warni
         f"metadata vla.instruction 'pick up the cuBe' differs from the last message on "
         f"{SPEC.instruction_topic} 'pick up the cube' (metadata.yaml damaged or edited?); "
         f"used 'pick up the cuBe'"]
+
+
+def test_a_commands_bag_without_metadata_yaml_names_the_action_source_option(
+        tmp_path: Path) -> None:
+    commands = DataSpec.from_file(action_source="commands")
+    bag = write_episode_bag(tmp_path / "killed", commands, SyntheticEpisode(seed=1))
+    (bag / "metadata.yaml").unlink()  # killed: its vla.action_source is gone with it
+    [report] = convert_bags([bag], SPEC, tmp_path / "data")
+    assert report.status == "failed"
+    assert "(action source leader, from the config or the bag's vla.action_source; if this " \
+           "bag recorded the follower commands, pass --action-source commands)" in report.error
+    [report] = convert_bags([bag], commands, tmp_path / "data")  # what --action-source does
+    assert report.status == "converted", report.error

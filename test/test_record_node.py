@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -124,3 +125,20 @@ def test_records_converts_and_discards(teleop: Teleop, spawn, tmp_path: Path,
         # Leader arms -> actions, followers -> proprio: values published above.
         assert np.all(np.diff(ep.qpos[:, 0]) >= 0)
 
+
+
+def test_help_prints_usage_and_starts_no_node(tmp_path: Path) -> None:
+    """``vla-record --help`` once started a recorder on domain 0 and never returned."""
+    import subprocess
+    script = Path(sys.executable).with_name("vla-record")
+    argv = [str(script)] if script.is_file() else python_module(
+        "vla_policy_node.nodes.recorder")
+    run = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: vla-record")
+    assert "output_dir (default '~/vla_data/bags')" in run.stdout
+    assert run.stderr == "" and not (tmp_path / "vla_data").exists()
+    bad = subprocess.run(argv + ["--output-dir", "x"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "unrecognized arguments: --output-dir x" in bad.stderr

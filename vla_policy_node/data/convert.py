@@ -190,11 +190,18 @@ class _BagStreams:
         robot = spec.robot
         groups = robot.arm_group_indices()
 
-        def require(topic: str, types: Sequence[str], what: str) -> None:
+        other = next(s for s in ACTION_SOURCES if s != spec.action_source)
+        source_hint = (
+            f" (action source {spec.action_source}, from the config or the bag's "
+            f"{META_ACTION_SOURCE}; if this bag recorded the "
+            f"{'leader arms' if other == 'leader' else 'follower commands'}, pass "
+            f"--action-source {other})")
+
+        def require(topic: str, types: Sequence[str], what: str, hint: str = "") -> None:
             info = topics.get(topic)
             if info is None or info.count == 0:
                 raise ConversionError(
-                    f"bag has no messages on {topic} ({what}); topics: {sorted(topics)}")
+                    f"bag has no messages on {topic} ({what}){hint}; topics: {sorted(topics)}")
             if info.msgtype not in types:
                 raise ConversionError(
                     f"{topic} ({what}) has type {info.msgtype}, expected {' or '.join(types)}")
@@ -233,14 +240,15 @@ class _BagStreams:
             action_topics = spec.action_topics()[arm]
             if spec.action_source == "leader":
                 topic = action_topics["joints"]
-                require(topic, ("sensor_msgs/msg/JointState",), f"leader of {arm}")
+                require(topic, ("sensor_msgs/msg/JointState",), f"leader of {arm}",
+                        source_hint)
                 self.extractors[f"action:{arm}"] = _JointExtractor(
                     topic, names, has_gripper, spec.normalize_leader_gripper)
                 self.stream_topic[f"action:{arm}"] = topic
             else:
                 topic = action_topics["joints"]
                 require(topic, ("interbotix_xs_msgs/msg/JointGroupCommand",),
-                        f"joint commands of {arm}")
+                        f"joint commands of {arm}", source_hint)
                 self.stream_topic[f"action:{arm}:joints"] = topic
                 if has_gripper:
                     topic = action_topics["gripper"]

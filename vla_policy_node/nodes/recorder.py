@@ -29,6 +29,7 @@ from vla_msgs.srv import SetInstruction
 
 from vla_policy_node.data.recording import EpisodeRecorder, RecordingError
 from vla_policy_node.data.spec import DataSpec
+from vla_policy_node.nodes.diagnostics import Check, DiagnosticsPublisher, OK
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
 from vla_policy_node.nodes.runner import run_node
 
@@ -104,6 +105,7 @@ class RecorderNode(Node):
         self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
         if self.max_duration > 0:
             self.create_timer(0.1, self._check_duration)
+        self.diagnostics = DiagnosticsPublisher(self, {"recording": self._diagnose})
         self.get_logger().info(
             f"recording {len(topics)} topics ({self.recorder.storage}) into "
             f"{self.recorder.output_dir}; instruction {self.recorder.instruction!r}")
@@ -185,6 +187,13 @@ class RecorderNode(Node):
     def _on_instruction(self, msg: String) -> None:
         self.control(lambda: self.set_instruction(msg.data))
 
+    def _diagnose(self) -> Check:
+        state = "recording" if self.recorder.recording else "idle"
+        return Check(OK, f"{state}, {self.received} messages received",
+                     {"state": state, "received": self.received,
+                      "output_dir": self.recorder.output_dir,
+                      "instruction": self.recorder.instruction})
+
     def _check_duration(self) -> None:
         if self.recorder.recording and self.recorder.elapsed(self._now_ns()) >= \
                 self.max_duration:
@@ -248,8 +257,28 @@ def _spin(node: "RecorderNode") -> None:
         rclpy.spin_once(node, timeout_sec=0.1)
 
 
+def _parse_args(args: list[str]) -> None:
+    """``--help`` (printed, exit 0) and unknown options (exit 2), before rclpy starts.
+
+    Everything after ``--ros-args`` belongs to ROS (parameters, remappings) and is left out.
+    """
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="vla-record", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 1)[0].strip("`").replace("``", ""),
+        epilog="parameters (-p NAME:=VALUE after --ros-args, or a --params-file section "
+               f"{NODE_NAME}):\n" + "\n".join(
+                   f"  {s.name} (default {s.default!r}): {s.description}" for s in PARAMETERS)
+               + f"\n\n{HELP}\nservices: ~/start ~/stop ~/discard ~/mark_success "
+               "(std_srvs/Trigger), ~/set_instruction (vla_msgs/SetInstruction)\n\n"
+               "example: vla-record --ros-args --params-file config/aloha.yaml "
+               "-p output_dir:=~/bags")
+    parser.parse_args(rclpy.utilities.remove_ros_args(args)[1:])
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point ``vla-record``; returns 1 when the recorder cannot start."""
+    _parse_args(sys.argv if args is None else args)
     return run_node(RecorderNode, NODE_NAME, spin=_spin, args=args)
 
 
