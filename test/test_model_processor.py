@@ -57,13 +57,14 @@ def test_statistics_select_bounds_and_keys(tiny):
     np.testing.assert_allclose(libero.processor.action_normalizer.high[:2], [0.5, 1.0])  # q99
 
 
-def test_unnormalized_outputs_use_statistics(tiny):
+def test_unnormalized_outputs_use_statistics_without_clipping(tiny):
+    """The reference's formula; outputs beyond [-1, 1] are not clipped (the executor limits)."""
     tiny.set_statistics(stats())
-    rng = np.random.default_rng(0)
-    images = {c: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for c in tiny.camera_names}
-    result = tiny.infer(images, np.zeros(14), "fold")
-    high = np.arange(1, 15, dtype=float)
-    assert np.all(np.abs(result.actions[:, :13]) <= high[:13] + 1e-6)
+    norm = tiny.processor.action_normalizer
+    a = np.linspace(-1.6, 1.6, 14)[None].repeat(2, 0)
+    expected = np.where(norm.mask, 0.5 * (a + 1) * (norm.high - norm.low + 1e-8) + norm.low, a)
+    np.testing.assert_allclose(tiny.processor.unnormalize_actions(a), expected, rtol=0, atol=1e-12)
+    assert np.any(expected[:, norm.mask] > norm.high[norm.mask])
 
 
 def test_image_pipeline_shapes_normalization_and_crop(tiny):

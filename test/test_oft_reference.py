@@ -166,7 +166,8 @@ def test_actions_from_official_pixel_values(policy, expected, observations, obs)
 def test_unnormalization_is_the_official_formula(policy, expected):
     ours = policy.processor.unnormalize_actions(
         expected["obs0_actions_normalized"].astype(np.float64))
-    assert max_diff(ours, expected["obs0_actions"]) < 1e-12
+    # The reference computes 0.5 * (a + 1) in float32 (its head output's dtype): 3e-7 apart.
+    assert max_diff(ours, expected["obs0_actions"]) < 1e-6
 
 
 def test_batch_of_two_prompt_lengths_equals_single_rows(policy, expected, observations):

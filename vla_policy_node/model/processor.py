@@ -320,9 +320,8 @@ class OFTProcessor:
     def unnormalize_actions(self, normalized: np.ndarray) -> np.ndarray:
         """(..., D) model output -> raw action units (float64).
 
-        Normalized outputs are clipped to [-1, 1] first (training targets never leave it), so
-        a chunk never leaves the dataset's action range; masked dims pass through."""
-        normalized = np.asarray(normalized, dtype=np.float64)
-        mask = self.action_normalizer.mask
-        return self.action_normalizer.unnormalize(
-            np.where(mask, np.clip(normalized, -1.0, 1.0), normalized))
+        The reference formula ``0.5 (a + 1)(high - low + 1e-8) + low`` where the mask is true
+        (modeling_prismatic.py:772-790), WITHOUT clipping ``a``: the L1 head's output leaves
+        [-1, 1] and the reference passes it on. Limits are the executor's job (joint limits,
+        step limits, with counters), not the model's."""
+        return self.action_normalizer.unnormalize(np.asarray(normalized, dtype=np.float64))
