@@ -255,3 +255,21 @@ def test_trainable_set_is_the_released_one(policy):
     assert id(named["lang.xattn.0.attn.to_q.weight"]) in decayed
     assert id(named["lang.xattn.0.attn_gate"]) not in decayed
     assert id(named["lang.wte.weight"]) not in decayed
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "mpt"])
+def test_transformers_language_models_take_the_cross_attention(kind):
+    from vla_policy_node.model.roboflamingo.modeling_roboflamingo import HFLanguageModel
+    spec = LanguageSpec(kind, 32, 4, 4, 60, 2, xattn_heads=2, xattn_dim_head=8)
+    torch.manual_seed(0)
+    lm = HFLanguageModel(spec, dim_visual=16).eval()
+    assert [block is not None for block in lm.xattn] == [False, True, False, True]
+    ids = torch.randint(0, 60, (2, 6))
+    ids[:, 0] = 5
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    media = torch.randn(2, 4, 16)
+    with torch.no_grad():
+        plain = lm.features(ids, mask, None, ids == 5)
+        assert torch.allclose(plain, lm.features(ids, mask, media, ids == 5))
+        lm.xattn[3].ff_gate.fill_(1.0)
+        assert not torch.allclose(plain, lm.features(ids, mask, media, ids == 5))

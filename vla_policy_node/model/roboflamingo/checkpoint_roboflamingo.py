@@ -99,7 +99,10 @@ def _load_ours(directory: Path, device: str, dtype: str, unnorm_key: str | None,
         raise CheckpointError(f"{directory}: no {OUR_WEIGHTS}")
     tokenizer = FlamingoTokenizer.load(directory)
     policy = build_roboflamingo(config, tokenizer, device, dtype, seed)
-    state = load_file(str(weights), device=str(device))
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{weights}: unreadable ({exc})") from None
     report = coverage(policy.model, {k: ("ours", v) for k, v in state.items()}, {}, [])
     report.raise_if_bad(str(weights))
     policy.model.load_state_dict(state, strict=True)
