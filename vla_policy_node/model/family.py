@@ -62,3 +62,26 @@ def reset_policy(policy: Any) -> bool:
         reset()
         return True
     return False
+
+
+def resolve_family(checkpoint: str | os.PathLike | None, preset: str,
+                   family: str = "auto") -> str:
+    """Which family a checkpoint or preset belongs to (``family``: "auto", "oft" or
+    "roboflamingo"; an explicit value that contradicts the checkpoint is an error)."""
+    from vla_policy_node.model.roboflamingo.checkpoint_roboflamingo import (
+        is_roboflamingo_checkpoint)
+    from vla_policy_node.model.roboflamingo.configuration_roboflamingo import PRESETS
+    if family not in ("auto",) + FAMILIES:
+        raise ValueError(f"policy family must be one of {('auto',) + FAMILIES}, got "
+                         f"{family!r}")
+    if checkpoint:
+        found = "roboflamingo" if is_roboflamingo_checkpoint(checkpoint) else "oft"
+        if family not in ("auto", found):
+            raise ValueError(f"checkpoint {checkpoint} holds a policy of the {found} family, but "
+                             f"policy_family is {family!r}")
+        return found
+    found = "roboflamingo" if preset in PRESETS else "oft"
+    if family not in ("auto", found):
+        raise ValueError(f"preset {preset!r} belongs to the {found} family, but policy_family is "
+                         f"{family!r}")
+    return found

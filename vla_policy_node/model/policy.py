@@ -176,7 +176,7 @@ def _llama_tokenizer_stub(config: OFTConfig) -> TextTokenizer:
 def load_policy(checkpoint: str | os.PathLike | None = None, preset: str = "tiny",
                 device: str = "cpu", dtype: str = "float32", quantization: str = "none",
                 unnorm_key: str | None = None, seed: int = 0,
-                merge_official_lora: bool = False) -> VLAPolicy:
+                merge_official_lora: bool = False, family: str = "auto") -> Any:
     """A checkpoint directory (ours or an official OpenVLA / OpenVLA-OFT one), or ``preset``
     with random weights when ``checkpoint`` is empty.
 
@@ -185,7 +185,15 @@ def load_policy(checkpoint: str | os.PathLike | None = None, preset: str = "tiny
         unnorm_key: dataset key of dataset_statistics.json (default: the only one).
         merge_official_lora: official directories only: merge ``lora_adapter/`` into the base
             weights (use when the shards are the base model, not OFT's merged export).
+        family: "auto" (from the checkpoint or preset), "oft" or "roboflamingo" (then a
+            RoboFlamingoPolicy is returned; see model/family.py).
     """
+    from vla_policy_node.model.family import resolve_family
+    if resolve_family(checkpoint, preset, family) == "roboflamingo":
+        if quantization != "none":
+            raise ValueError("quantization is not supported by the RoboFlamingo family")
+        from vla_policy_node.model.roboflamingo import load_roboflamingo
+        return load_roboflamingo(checkpoint, preset, device, dtype, unnorm_key, seed)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     parse_dtype(dtype)
