@@ -61,7 +61,7 @@ def test_infer_shapes_and_chunk_head():
     chunk = build_roboflamingo(get_preset("tiny-roboflamingo-chunk").replace(window=2))
     images = {c: np.zeros((30, 40, 3), np.uint8) for c in chunk.camera_names}
     result = chunk.infer(images, None, "pick up the cube")
-    assert result.actions.shape == (5, 14) and result.actions.dtype == np.float64
+    assert result.actions.shape == (10, 14) and result.actions.dtype == np.float64
     assert np.all(np.abs(result.actions) <= 1.0 + 1e-9)  # identity normalization
     assert set(result.timings) == {"preprocess", "model", "postprocess", "total"}
 

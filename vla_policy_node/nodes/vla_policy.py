@@ -20,6 +20,7 @@ from rclpy.qos import qos_profile_sensor_data, QoSDurabilityPolicy, QoSProfile
 from rclpy.qos import QoSReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 from vla_msgs.msg import ActionChunk as ActionChunkMsg
 from vla_msgs.msg import ExecutorStatus, PolicyStatus
 from vla_msgs.srv import SetInstruction
@@ -27,6 +28,7 @@ from vla_msgs.srv import SetInstruction
 from vla_policy_node.chunk import ActionChunk
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.data.images import decode_image
+from vla_policy_node.model.family import reset_policy
 from vla_policy_node.nodes.conversions import (
     action_chunk_to_msg, duration_to_seconds, time_to_seconds)
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
@@ -50,6 +52,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
     ParameterSpec("checkpoint", "", "Checkpoint directory (ours or official OpenVLA-OFT); "
                   "empty: the preset with random weights."),
     ParameterSpec("preset", "tiny", "Model preset used when checkpoint is empty."),
+    ParameterSpec("policy_family", "auto", "auto (from the checkpoint or preset) | oft | "
+                  "roboflamingo (one frame of history per inference; use trigger fixed_rate "
+                  "at the training frame rate)."),
     ParameterSpec("unnorm_key", "", "dataset_statistics.json key (empty: the only one)."),
     ParameterSpec("device", "cpu", "Inference device: cpu, cuda, cuda:N."),
     ParameterSpec("dtype", "float32", "Model dtype: float32, bfloat16, float16."),
@@ -133,6 +138,10 @@ class VlaPolicyNode(Node):
         self.create_subscription(ExecutorStatus, p["executor_status_topic"],
                                  self._on_executor_status, 10)
         self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
+        # Families with history (RoboFlamingo) forget it here and on every new instruction;
+        # the worker does it before its next inference, so this callback never waits on one.
+        self._reset_requested = threading.Event()
+        self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(p["status_period"], self._publish_status)
 
         self._wake = threading.Event()
@@ -161,7 +170,7 @@ class VlaPolicyNode(Node):
         return load_policy(checkpoint=p["checkpoint"] or None, preset=p["preset"],
                            device=p["device"], dtype=p["dtype"],
                            quantization=p["quantization"], unnorm_key=p["unnorm_key"] or None,
-                           seed=p["seed"])
+                           seed=p["seed"], family=p["policy_family"])
 
     def _warm_up(self) -> None:
         """One inference on blank inputs, so the first real chunk is not slowed by lazy
@@ -170,6 +179,7 @@ class VlaPolicyNode(Node):
         start = time.perf_counter()
         self.policy.infer(images, np.zeros(self.policy.proprio_dim), "warm up")
         self.get_logger().info(f"warm-up inference took {time.perf_counter() - start:.2f} s")
+        reset_policy(self.policy)  # the blank frame must not stay in a family's history
 
     # --- time -----------------------------------------------------------------------------
     def _now(self) -> float:
@@ -226,6 +236,13 @@ class VlaPolicyNode(Node):
         response.success, response.message = self._set_instruction(request.instruction)
         return response
 
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        self._reset_requested.set()
+        response.success = True
+        response.message = ("history cleared before the next inference"
+                            if hasattr(self.policy, "reset") else "this policy keeps no history")
+        return response
+
     def _on_executor_status(self, msg: ExecutorStatus) -> None:
         self.trigger.on_executor_status(duration_to_seconds(msg.remaining_horizon))
         self._wake.set()
@@ -268,6 +285,9 @@ class VlaPolicyNode(Node):
             self.trigger.failed()
             return
         self.trigger.started(now, obs.instruction_id)
+        if self._reset_requested.is_set():
+            self._reset_requested.clear()
+            reset_policy(self.policy)
         self.state = "inferring"
         self.last_age = obs.age
         start = time.perf_counter()

@@ -138,6 +138,9 @@ class RoboFlamingoConfig:
         camera_names: model image order; "post" fusion runs every camera through the same
             perceiver and concatenates the latents (n_cameras * num_latents media tokens).
         window: W, frames of history the head sees (12 as released).
+        frame_stride: dataset frames between two history frames (1 as released: one frame
+            per control step). Inference must then run every ``frame_stride`` dataset frames
+            (node: trigger fixed_rate at dataset_fps / frame_stride).
         head: ``lstm`` (released: 4-layer LSTM, then MLP heads) or ``mlp`` (no history).
         chunk_length: K actions per step (1 as released; K > 1 is the chunking head, the
             release's ``multi_step_action``).
@@ -158,6 +161,7 @@ class RoboFlamingoConfig:
     camera_names: tuple[str, ...] = ALOHA_CAMERAS
     fusion: str = "post"
     window: int = 12
+    frame_stride: int = 1
     head: str = "lstm"
     chunk_length: int = 1
     action_dim: int = 14
@@ -188,8 +192,8 @@ class RoboFlamingoConfig:
         self.shift_pad = tuple(int(p) for p in self.shift_pad)
         self.clip_mean = tuple(float(v) for v in self.clip_mean)
         self.clip_std = tuple(float(v) for v in self.clip_std)
-        for name in ("window", "chunk_length", "action_dim", "lstm_hidden", "lstm_layers",
-                     "max_text_tokens"):
+        for name in ("window", "frame_stride", "chunk_length", "action_dim", "lstm_hidden",
+                     "lstm_layers", "max_text_tokens"):
             _positive(name, getattr(self, name))
         if not self.camera_names or len(set(self.camera_names)) != len(self.camera_names):
             raise ValueError(f"camera_names must be distinct and non-empty, got "
@@ -287,6 +291,10 @@ RELEASED_LMS: dict[str, LanguageSpec] = {
     "mpt_9b": LanguageSpec("mpt", 4096, 32, 32, GPT_NEOX_VOCAB, 4),
 }
 TINY_VOCAB = 512
+# Our choice for ALOHA (not in the release): the executor needs a plan longer than the
+# inference latency, so the head predicts K = 10 actions (0.4 s at 25 Hz) and the history
+# holds every 5th frame (inference at 5 Hz, a 2.4 s window of 12 frames).
+ALOHA_CHUNKING = {"chunk_length": 10, "frame_stride": 5}
 
 
 def _released(llm: str, robot: str) -> RoboFlamingoConfig:
@@ -299,7 +307,7 @@ def _released(llm: str, robot: str) -> RoboFlamingoConfig:
             lm=lm, camera_names=CALVIN_CAMERAS, action_dim=7, binary_gripper_dims=(6,),
             normalization="none", shift_pad=(STATIC_SHIFT, WRIST_SHIFT))
     return RoboFlamingoConfig(name=f"roboflamingo-{llm}-aloha", vision=CLIPVisionSpec(),
-                              perceiver=PerceiverSpec(), lm=lm)
+                              perceiver=PerceiverSpec(), lm=lm, **ALOHA_CHUNKING)
 
 
 def _tiny() -> RoboFlamingoConfig:
@@ -324,7 +332,7 @@ def get_preset(name: str) -> RoboFlamingoConfig:
     if name == "tiny-roboflamingo":
         return _tiny()
     if name == "tiny-roboflamingo-chunk":
-        return _tiny().replace(name=name, chunk_length=5)
+        return _tiny().replace(name=name, **ALOHA_CHUNKING)
     if name.startswith("roboflamingo-"):
         llm = name[len("roboflamingo-"):]
         robot = "calvin"

@@ -1,0 +1,50 @@
+"""The vla_policy node running the RoboFlamingo family from a checkpoint, over real DDS."""
+
+import numpy as np
+import pytest
+from test_policy_node import FakeRobot, policy_node_argv
+
+from vla_policy_node.model.roboflamingo import build_roboflamingo, get_preset
+
+
+@pytest.fixture
+def robot(rclpy_context):
+    fake = FakeRobot(rclpy_context)
+    yield fake
+    fake.close()
+
+
+def _call(robot, client, request, timeout=30.0):
+    assert client.wait_for_service(timeout_sec=timeout)
+    future = client.call_async(request)
+    assert robot.run_until(future.done, timeout, publish=True)
+    return future.result()
+
+
+def test_node_publishes_roboflamingo_chunks_and_resets_on_request(robot, spawn, tmp_path):
+    from std_srvs.srv import Trigger
+    policy = build_roboflamingo(get_preset("tiny-roboflamingo-chunk"), seed=0)
+    policy.save_pretrained(tmp_path / "roboflamingo")
+    node = spawn(policy_node_argv(tmp_path, checkpoint=str(tmp_path / "roboflamingo"),
+                                  trigger="fixed_rate", inference_rate_hz=4.0,
+                                  max_observation_age=5.0), name="vla_policy")
+    assert robot.run_until(lambda: len(robot.chunks) >= 3, 120.0, say="fold the towel"), \
+        node.output()[-4000:]
+    for msg in robot.chunks:
+        assert (msg.chunk_length, msg.action_dim) == (10, 14)
+        assert np.all(np.isfinite(msg.actions)) and msg.instruction == "fold the towel"
+    client = robot.node.create_client(Trigger, "/vla_policy/reset")
+    response = _call(robot, client, Trigger.Request())
+    assert response.success and "history cleared" in response.message
+    count = len(robot.chunks)
+    assert robot.run_until(lambda: len(robot.chunks) > count + 1, 60.0), node.output()[-3000:]
+    assert "model" in node.output() and node.poll() is None
+
+
+def test_family_mismatch_fails_at_start_up(spawn, tmp_path):
+    from ros_harness import wait_until
+    build_roboflamingo(get_preset("tiny-roboflamingo"), seed=0).save_pretrained(tmp_path / "rf")
+    node = spawn(policy_node_argv(tmp_path, checkpoint=str(tmp_path / "rf"),
+                                  policy_family="oft"), name="vla_policy")
+    assert wait_until(lambda: node.poll() is not None, 90.0), node.output()
+    assert node.poll() == 1 and "roboflamingo family" in node.output()
