@@ -24,6 +24,9 @@ def robot() -> RobotConfig:
 
 
 def make_core(robot, **kwargs) -> ExecutorCore:
+    # Long test plans (up to 200 actions of 0.04 s); the bounds have their own tests.
+    kwargs.setdefault("max_chunk_length", 200)
+    kwargs.setdefault("max_chunk_horizon", 8.0)
     config = ExecutorConfig(control_rate_hz=RATE, **kwargs)
     return ExecutorCore(robot, config)
 
@@ -135,8 +138,9 @@ def test_bad_chunks_are_rejected_whole_and_move_nothing(robot):
 def test_out_of_order_chunk_is_rejected(robot):
     core = make_core(robot)
     assert core.submit_chunk(chunk(robot, 1.0, home(robot), chunk_id=2), now=1.1).accepted
-    verdict = core.submit_chunk(chunk(robot, 0.9, home(robot), chunk_id=1), now=1.1)
+    verdict = core.submit_chunk(chunk(robot, 0.9, home(robot), chunk_id=3), now=1.1)
     assert not verdict.accepted and "out of order" in verdict.reason
+    assert core.counters.rejected_chunks_order == 1
 
 
 def test_position_limits_clamp_and_are_counted(robot, caplog):

@@ -7,7 +7,7 @@ import pytest
 
 from vla_policy_node.chunk import ActionChunk, ChunkError
 from vla_policy_node.config import default_config_path, RobotConfig
-from vla_policy_node.control.safety import SafetyFilter, SafetyLimits
+from vla_policy_node.control.safety import CommandGuard, SafetyFilter, SafetyLimits
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +83,35 @@ def test_rate_limit_bounds_every_joint_per_tick(robot, safety):
     np.testing.assert_allclose(small.command, 1e-3)
 
 
-def test_start_outside_limits_moves_inward_without_jumping(robot, safety):
+def test_no_command_leaves_the_limits_even_from_a_last_command_outside(robot, safety):
     i = robot.joint_names.index("left_gripper")
     last = np.zeros(robot.dim)
-    last[i] = 1.5  # measured gripper beyond "open"
+    last[i] = 1.5  # e.g. a measured gripper beyond "open"
     out = safety.apply(np.zeros(robot.dim), last)
-    step = robot.max_velocity[i] / 50.0
-    assert out.command[i] == pytest.approx(1.5 - step)
+    assert out.command[i] == robot.position_max[i]
+    assert np.all((out.command >= robot.position_min) & (out.command <= robot.position_max))
+
+
+def test_command_guard_starts_clamped_and_bounds_every_step(robot, safety):
+    guard = CommandGuard(safety)
+    assert guard.hold() is None
+    with pytest.raises(RuntimeError):
+        guard.step(np.zeros(robot.dim))
+    pose = np.zeros(robot.dim)
+    i = robot.joint_names.index("left_gripper")
+    pose[i] = 1.04
+    assert guard.start(pose) == ("left_gripper",)
+    assert guard.last[i] == 1.0
+    step = robot.max_velocity / 50.0
+    previous = guard.last
+    for target in (np.full(robot.dim, 1e9), np.full(robot.dim, -1e9),
+                   np.full(robot.dim, np.nan), np.where(np.arange(robot.dim) % 2, np.inf, 0.0)):
+        for _ in range(5):
+            command = guard.step(target).command
+            assert np.all((command >= robot.position_min) & (command <= robot.position_max))
+            assert np.all(np.abs(command - previous) <= step + 1e-12)
+            previous = command
+    np.testing.assert_array_equal(guard.hold(), previous)
 
 
 def test_limits_validate_their_inputs():

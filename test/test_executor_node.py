@@ -68,6 +68,10 @@ class Driver:
         self.pose: np.ndarray | None = None
         self.nan_arm: str | None = None
         self.chunk_id = 0
+        # Joint states carry a header stamp (the executor judges freshness by it): simulated
+        # time, or the wall clock for an executor without use_sim_time.
+        self.wall_stamps = False
+        self.stamp_offset = 0.0
 
     def listen(self, msg_type, topic: str) -> None:
         self.node.create_subscription(
@@ -82,6 +86,11 @@ class Driver:
             return
         for arm, group in self.robot.arm_group_indices().items():
             msg = self._JointState()
+            stamp = (self.node.get_clock().now().nanoseconds * 1e-9 if self.wall_stamps
+                     else self.sim) + self.stamp_offset
+            if stamp > 0:
+                msg.header.stamp.sec = int(stamp)
+                msg.header.stamp.nanosec = int((stamp - int(stamp)) * 1e9)
             msg.name = list(group["driver_joint_names"]) + [
                 self.robot.gripper_joint_name, "left_finger", "right_finger"]
             positions = list(self.pose[group["joint_indices"]]) + [
@@ -303,14 +312,16 @@ def test_wall_clock_mode_streams_commands(robot, rclpy_context, spawn, tmp_path)
     group = "/follower_right/commands/joint_group"
     driver.listen(JointGroupCommand, group)
     driver.pose = home(robot)
+    driver.wall_stamps = True
     target = home(robot)
     target[robot.joint_names.index("right_waist")] = 0.05
     try:
         def publish_and_check() -> bool:
             now = driver.node.get_clock().now().nanoseconds * 1e-9
+            driver.chunk_id += 1
             driver.chunk_pub.publish(action_chunk_to_msg(ActionChunk(
                 stamp=now, actions=np.tile(target, (25, 1)), joint_names=robot.joint_names,
-                step_period=0.04)))
+                step_period=0.04, chunk_id=driver.chunk_id)))
             return len(driver.received[group]) > 20
         assert driver.wait_for(publish_and_check, wall_timeout=20.0), executor.output()
         np.testing.assert_allclose(driver.last(group).cmd, target[7:13], atol=1e-5)

@@ -76,7 +76,7 @@ class ArmMapper:
 
     def update(self, arm: str, names: Sequence[str], positions: Sequence[float],
                stamp: float) -> None:
-        """Record the joint state of ``arm`` received at ``stamp`` (seconds).
+        """Record the joint state of ``arm`` measured at ``stamp`` (header stamp, seconds).
 
         Raises:
             JointStateError: unknown arm, names/positions of different lengths, a needed joint
@@ -106,13 +106,16 @@ class ArmMapper:
         with self._lock:
             self._latest[arm] = (float(stamp), values)
 
-    def measured(self, now: float, timeout: float) -> np.ndarray | None:
-        """(D,) measured vector if every arm reported within ``timeout`` s of ``now``."""
+    def measured(self, now: float, timeout: float,
+                 future: float | None = None) -> np.ndarray | None:
+        """(D,) measured vector if every arm's state is stamped within [now - ``timeout``,
+        now + ``future``] (``future`` defaults to ``timeout``)."""
+        future = timeout if future is None else future
         vector = np.full(self.robot.dim, np.nan)
         with self._lock:
             for arm, group in self._groups.items():
                 entry = self._latest.get(arm)
-                if entry is None or not (now - timeout <= entry[0] <= now + timeout):
+                if entry is None or not (now - timeout <= entry[0] <= now + future):
                     return None
                 values = entry[1]
                 vector[group["joint_indices"]] = values[:len(group["joint_indices"])]
@@ -123,9 +126,11 @@ class ArmMapper:
             return None
         return vector
 
-    def missing_arms(self, now: float, timeout: float) -> list[str]:
-        """Arms without a joint state within ``timeout`` s of ``now`` (for log lines)."""
+    def missing_arms(self, now: float, timeout: float,
+                     future: float | None = None) -> list[str]:
+        """Arms without a joint state stamped within [now - ``timeout``, now + ``future``]."""
+        future = timeout if future is None else future
         with self._lock:
             return [arm for arm in self._groups
                     if arm not in self._latest
-                    or not (now - timeout <= self._latest[arm][0] <= now + timeout)]
+                    or not (now - timeout <= self._latest[arm][0] <= now + future)]

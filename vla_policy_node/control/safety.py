@@ -10,6 +10,11 @@ profiles (FACTS.md section 3), so every limit is enforced here:
 * the command moves at most ``max_velocity / control_rate`` per tick from the last command,
   which also makes the start-up ramp and every resume gradual.
 
+:class:`CommandGuard` is the last stage before anything is published: it owns the last command
+and produces every command (moves and holds alike), and its output is, by construction, inside
+the position limits and within one rate-limit step of the previous output (its start pose is
+clamped into the limits first). docs/safety.md lists every rule.
+
 The limits come from :class:`~vla_policy_node.config.RobotConfig` (``robot.*`` in config/).
 """
 
@@ -90,6 +95,8 @@ class SafetyFilter:
     def __init__(self, limits: SafetyLimits) -> None:
         self.limits = limits
         self._index = {name: i for i, name in enumerate(limits.joint_names)}
+        self._joint_names = np.array(limits.joint_names, dtype=object)
+        self._neg_step = -limits.max_step
 
     def validate_chunk(self, chunk: ActionChunk) -> np.ndarray:
         """(K, D) actions of ``chunk`` in the robot's joint order.
@@ -122,28 +129,92 @@ class SafetyFilter:
     def clamp(self, target: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
         """(D,) target clamped to the position limits, and the names of clamped joints."""
         target = np.asarray(target, dtype=np.float64)
-        if target.shape != (self.limits.dim,) or not np.all(np.isfinite(target)):
+        if target.shape != (self.limits.dim,) or not np.isfinite(target).all():
             raise ValueError(
                 f"target must be {self.limits.dim} finite values, got {target.tolist()}")
-        clamped = np.clip(target, self.limits.position_min, self.limits.position_max)
-        names = tuple(n for n, hit in zip(self.limits.joint_names, clamped != target) if hit)
-        return clamped, names
+        # minimum/maximum rather than np.clip: a few µs less per tick on (D,) vectors.
+        clamped = np.minimum(np.maximum(target, self.limits.position_min),
+                             self.limits.position_max)
+        return clamped, self._names(clamped != target)
 
     def apply(self, target: np.ndarray, last_command: np.ndarray) -> SafeCommand:
         """Clamp ``target`` (D,) to the limits, then move from ``last_command`` (D,) toward it
         by at most ``max_step`` per joint.
 
-        A ``last_command`` outside the limits (a measured start pose slightly beyond them) is
-        not snapped inside: the command moves from it toward the clamped target at the rate
-        limit, so it never jumps.
+        The result is always inside the limits: the final position clamp runs after the rate
+        limit too. From a ``last_command`` inside the limits (every command of
+        :class:`CommandGuard` is) that clamp can only shorten the step.
         """
         last = np.asarray(last_command, dtype=np.float64)
-        if last.shape != (self.limits.dim,) or not np.all(np.isfinite(last)):
+        if last.shape != (self.limits.dim,) or not np.isfinite(last).all():
             raise ValueError(
                 f"last command must be {self.limits.dim} finite values, got {last.tolist()}")
         clamped, clamped_names = self.clamp(target)
         delta = clamped - last
-        step = np.clip(delta, -self.limits.max_step, self.limits.max_step)
-        limited = step != delta
-        rate_names = tuple(n for n, hit in zip(self.limits.joint_names, limited) if hit)
-        return SafeCommand(command=last + step, clamped=clamped_names, rate_limited=rate_names)
+        step = np.minimum(np.maximum(delta, self._neg_step), self.limits.max_step)
+        command = np.minimum(np.maximum(last + step, self.limits.position_min),
+                             self.limits.position_max)
+        return SafeCommand(command=command, clamped=clamped_names,
+                           rate_limited=self._names(step != delta))
+
+    def _names(self, mask: np.ndarray) -> tuple[str, ...]:
+        return tuple(self._joint_names[mask]) if mask.any() else ()
+
+    def outside(self, pose: np.ndarray, margin: float) -> dict[str, float]:
+        """Joints of ``pose`` (D,) outside the limits by more than ``margin``: name -> value.
+
+        Non-finite values count as outside.
+        """
+        pose = np.asarray(pose, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~((pose >= self.limits.position_min - margin)
+                    & (pose <= self.limits.position_max + margin))
+        return {n: float(v) for n, v, hit in zip(self.limits.joint_names, pose, bad) if hit}
+
+
+class CommandGuard:
+    """The last stage before publishing: owns the last command and produces every command.
+
+    Invariants (checked by the hypothesis test in test/test_control_properties.py):
+
+    * every command is finite and inside ``position_min/max``;
+    * consecutive commands differ by at most ``max_step`` per joint (up to float rounding);
+    * the first command is within one ``max_step`` of the start pose clamped into the limits.
+
+    A target with a non-finite entry (which validation upstream already rejects) keeps that
+    joint where it is. Not thread-safe: the executor calls it under its lock.
+    """
+
+    def __init__(self, safety: SafetyFilter) -> None:
+        self.safety = safety
+        self._last: np.ndarray | None = None
+
+    @property
+    def last(self) -> np.ndarray | None:
+        """(D,) the last command, or None before :meth:`start`."""
+        return None if self._last is None else self._last.copy()
+
+    def start(self, pose: np.ndarray) -> tuple[str, ...]:
+        """Start from ``pose`` (D,), clamped into the limits; returns the clamped joints.
+
+        Raises:
+            ValueError: ``pose`` is not D finite values.
+        """
+        clamped, names = self.safety.clamp(pose)
+        self._last = clamped
+        return names
+
+    def step(self, target: np.ndarray) -> SafeCommand:
+        """The next command toward ``target`` (D,) under the limits and the rate limit."""
+        if self._last is None:
+            raise RuntimeError("CommandGuard.step before start()")
+        target = np.asarray(target, dtype=np.float64)
+        if target.shape == (self.safety.limits.dim,):
+            target = np.where(np.isfinite(target), target, self._last)
+        safe = self.safety.apply(target, self._last)
+        self._last = safe.command
+        return SafeCommand(safe.command.copy(), safe.clamped, safe.rate_limited)
+
+    def hold(self) -> np.ndarray | None:
+        """(D,) the last command again (no motion), or None before :meth:`start`."""
+        return self.last

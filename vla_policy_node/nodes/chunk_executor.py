@@ -70,9 +70,22 @@ PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs(read_only=True) + 
     _spec("stale_timeout", 0.2, "seconds without a valid target before holding the last "
           "command", (0.001, 60)),
     _spec("joint_state_timeout", 1.0,
-          "joint states older than this (s) are not used for the start-up ramp", (0.001, 60)),
+          "joint states whose header stamp is older than this (s) are rejected and not used "
+          "for the start-up ramp", (0.001, 60)),
     _spec("max_future_stamp", 0.5,
-          "reject chunks stamped more than this (s) ahead of this node's clock", (0.001, 60)),
+          "reject chunks and joint states stamped more than this (s) ahead of this node's "
+          "clock", (0.001, 60)),
+    _spec("start_margin", 0.05,
+          "refuse to start while a measured joint is outside its position limits by more "
+          "than this (rad; grippers normalized); within it, ramp from the clamped pose",
+          (0, 1)),
+    _spec("max_chunk_length", 100, "reject chunks with more actions (K)", (1, 100000)),
+    _spec("min_step_period", 0.002, "reject chunks whose step period is shorter (s)",
+          (0.0001, 10)),
+    _spec("max_step_period", 0.2, "reject chunks whose step period is longer (s)",
+          (0.0001, 10)),
+    _spec("max_chunk_horizon", 2.0,
+          "reject chunks spanning more than this, (K-1) * step period (s)", (0.001, 60)),
     _spec("log_interval", 1.0, "minimum seconds between two warnings of the same kind",
           (0, 3600)),
     _spec("realtime_priority", 0,
@@ -309,7 +322,9 @@ class ChunkExecutorNode(Node):
         self.core.submit_chunk(chunk, self._now())
 
     def _on_joint_state(self, arm: str, msg: JointState) -> None:
-        self.core.update_joint_state(arm, msg.name, msg.position, self._now())
+        # Freshness is judged by the header stamp (when the pose was measured), not arrival.
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.core.update_joint_state(arm, msg.name, msg.position, self._now(), stamp=stamp)
 
     def _trigger(self, handler: Callable[[], tuple[bool, str]]) -> Callable:
         def serve(request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -357,7 +372,12 @@ class ChunkExecutorNode(Node):
         msg.rate_limited_commands = c.rate_limited_commands
         msg.accepted_chunks = c.accepted_chunks
         msg.rejected_chunks = c.rejected_chunks
+        msg.rejected_chunks_bounds = c.rejected_chunks_bounds
+        msg.rejected_chunks_order = c.rejected_chunks_order
         msg.rejected_joint_states = c.rejected_joint_states
+        msg.refused_start_ticks = c.refused_start_ticks
+        msg.idle_reason = snap.idle_reason
+        msg.last_rejection = snap.last_rejection
         msg.achieved_rate_hz = self.control_clock.achieved_rate(now)
         msg.control_rate_hz = self.config.control_rate_hz
         self._status_pub.publish(msg)
