@@ -43,11 +43,21 @@ class ParameterClient:
         self.node.destroy_node()
 
     def wait(self, timeout: float) -> bool:
-        """Wait until the node's parameter services are up."""
+        """Wait until the node's parameter services answer.
+
+        (They exist from the node's first line, but are served only once its constructor
+        returned: the policy node loads its model in between.)
+        """
+        from rcl_interfaces.srv import ListParameters
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(c.service_is_ready() for c in self._clients.values()):
-                return True
+                try:
+                    self._call("list", ListParameters.Request(),
+                               timeout=max(0.1, deadline - time.monotonic()))
+                    return True
+                except TimeoutError:
+                    return False
             self.executor.spin_once(timeout_sec=0.05)
         return False
 
@@ -133,3 +143,42 @@ def flatten(document: dict[str, Any]) -> dict[str, Any]:
                 flat[name] = value
     walk("", section["ros__parameters"])
     return flat
+
+
+class DiagnosticsListener:
+    """Collects /diagnostics statuses by name (``"<node>: <check>"``)."""
+
+    def __init__(self, context: Any) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.node = rclpy.create_node(f"diagnostics_listener_{int(time.monotonic() * 1e6)}",
+                                      context=context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.statuses: dict[str, list[Any]] = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_array, 50)
+
+    def _on_array(self, msg: Any) -> None:
+        for status in msg.status:
+            self.statuses.setdefault(status.name, []).append(status)
+
+    def spin(self) -> None:
+        self.executor.spin_once(timeout_sec=0.05)
+
+    def latest(self, name: str) -> Any | None:
+        found = self.statuses.get(name)
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def level(status: Any) -> int:
+    """DiagnosticStatus.level (a byte in Python) as an int."""
+    value = status.level
+    return value[0] if isinstance(value, (bytes, bytearray)) else int(value)
+
+
+def values(status: Any) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}

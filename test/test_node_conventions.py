@@ -18,8 +18,11 @@ import time
 import pytest
 import yaml
 
-from param_client import flatten, ParameterClient
-from ros_harness import python_module, REPO_ROOT
+from param_client import DiagnosticsListener, flatten, level, ParameterClient, values
+from ros_harness import python_module, REPO_ROOT, wait_until
+from test_policy_node import FakeRobot
+
+OK, WARN, ERROR = 0, 1, 2
 
 CONFIG = str(Path(REPO_ROOT) / "config" / "aloha.yaml")
 NODES = {
@@ -70,9 +73,16 @@ def assert_quiet_exit(node, elapsed: float) -> None:
     assert not noise, f"{noise} in the output:\n{output[-3000:]}"
 
 
+@pytest.fixture
+def diagnostics(rclpy_context):
+    listener = DiagnosticsListener(rclpy_context)
+    yield listener
+    listener.close()
+
+
 @pytest.mark.parametrize("name", list(NODES))
 def test_param_dump_reloads_into_the_same_node_and_ctrl_c_is_quiet(
-        name, spawn, rclpy_context, tmp_path):
+        name, spawn, rclpy_context, diagnostics, tmp_path):
     first = start_node(spawn, tmp_path, name, [CONFIG, overrides_file(tmp_path, name)], "a")
     client = ParameterClient(rclpy_context, name)
     try:
@@ -80,14 +90,20 @@ def test_param_dump_reloads_into_the_same_node_and_ctrl_c_is_quiet(
         names = client.list()
         dumped = client.dump_yaml()
         document = yaml.safe_load(dumped)
-        values = flatten(document)
+        dumped_values = flatten(document)
         # Every listed parameter is in the dump (it printed {} for chunk_executor).
-        assert sorted(values) == names and len(names) > 5, dumped
+        assert sorted(dumped_values) == names and len(names) > 5, dumped
         assert list(document) == [f"/{name}"]
         if name != "vla_recorder":
-            assert values["robot.arms"] == ["follower_left", "follower_right"]
+            assert dumped_values["robot.arms"] == ["follower_left", "follower_right"]
         for key, value in NODES[name][1].items():
-            assert values[key] == value
+            assert dumped_values[key] == value
+        # Every node reports on /diagnostics, OK while idle.
+        assert wait_until(lambda: any(n.startswith(f"{name}: ") for n in diagnostics.statuses),
+                          30.0, diagnostics.spin), first.output()[-2000:]
+        for status_name, statuses in diagnostics.statuses.items():
+            if status_name.startswith(f"{name}: "):
+                assert level(statuses[-1]) == OK, (status_name, statuses[-1].message)
         elapsed = interrupt_like_a_terminal(first)
         assert_quiet_exit(first, elapsed)
 
@@ -100,8 +116,100 @@ def test_param_dump_reloads_into_the_same_node_and_ctrl_c_is_quiet(
     try:
         assert client.wait(120.0), second.output()[-3000:]
         assert client.list() == names
-        assert flatten(yaml.safe_load(client.dump_yaml())) == values
+        assert flatten(yaml.safe_load(client.dump_yaml())) == dumped_values
         elapsed = interrupt_like_a_terminal(second)
         assert_quiet_exit(second, elapsed)
     finally:
         client.close()
+
+
+def test_policy_parameters_change_at_run_time_and_show_in_diagnostics(
+        spawn, rclpy_context, diagnostics, tmp_path):
+    node = start_node(spawn, tmp_path, "vla_policy",
+                      [CONFIG, overrides_file(tmp_path, "vla_policy")], "a")
+    client = ParameterClient(rclpy_context, "vla_policy")
+    robot = FakeRobot(rclpy_context)
+    try:
+        assert client.wait(120.0), node.output()[-3000:]
+        # Bad values are refused with a reason; the rest is read-only.
+        ok, reason = client.set(trigger="bogus")["trigger"]
+        assert not ok and "bogus" in reason and "on_demand" in reason
+        assert client.get_values(["trigger"]) == {"trigger": "on_demand"}
+        for name, value in (("preset", "openvla-7b"), ("device", "cuda"),
+                            ("robot.position_max", [9.0] * 14), ("output_topic", "/x")):
+            ok, reason = client.set(**{name: value})[name]
+            assert not ok and "read-only" in reason, (name, reason)
+        assert not client.set(demand_horizon=-1.0)["demand_horizon"][0]
+        assert not client.set(instruction="  ")["instruction"][0]
+
+        # The instruction parameter drives the policy like the topic does.
+        assert client.set(instruction="fold the towel")["instruction"][0]
+        assert robot.run_until(lambda: any(m.instruction == "fold the towel"
+                                           for m in robot.chunks), 60.0), node.output()[-3000:]
+        # on_demand without an executor: one chunk per instruction. fixed_rate: a stream.
+        assert client.set(trigger="fixed_rate", inference_rate_hz=5.0) == {
+            "trigger": (True, ""), "inference_rate_hz": (True, "")}
+        count = len(robot.chunks)
+        assert robot.run_until(lambda: len(robot.chunks) >= count + 3, 60.0), \
+            node.output()[-3000:]
+
+        def inference_status():
+            return diagnostics.latest("vla_policy: inference")
+        assert wait_until(lambda: inference_status() is not None and
+                          values(inference_status()).get("trigger") == "fixed_rate",
+                          10.0, lambda: (robot.run(0.05), diagnostics.spin())), \
+            diagnostics.statuses.keys()
+        # (Its level depends on this machine's speed: only the content is checked here.)
+        assert "latency p95" in inference_status().message
+        assert float(values(inference_status())["latency_p95_s"]) > 0
+
+        # A horizon shorter than the model's latency: WARN on /diagnostics, with the reason.
+        assert client.set(trigger="on_demand")["trigger"][0]
+        assert client.set(demand_horizon=0.001)["demand_horizon"][0]
+        assert wait_until(lambda: values(inference_status()).get("demand_horizon_s") == "0.001",
+                          10.0, lambda: (robot.run(0.05), diagnostics.spin()))
+        assert level(inference_status()) in (WARN, ERROR)  # ERROR: slower than a chunk
+        assert "exceeds the" in inference_status().message
+
+        # An instruction from the topic shows in `ros2 param get instruction`.
+        assert robot.run_until(
+            lambda: client.get_values(["instruction"])["instruction"] == "stack the cups",
+            30.0, say="stack the cups")
+        # A rejected input turns the inputs check WARN.
+        bad = robot.JointState(name=["waist"], position=[float("nan")])
+        robot.arms["follower_left"].publish(bad)
+        assert wait_until(lambda: diagnostics.latest("vla_policy: inputs") is not None and
+                          level(diagnostics.latest("vla_policy: inputs")) == WARN,
+                          10.0, lambda: (robot.arms["follower_left"].publish(bad),
+                                         diagnostics.spin()))
+        assert "rejected joint states" in diagnostics.latest("vla_policy: inputs").message
+    finally:
+        robot.close()
+        client.close()
+
+
+def test_executor_diagnostics_report_rejected_chunks(spawn, rclpy_context, diagnostics,
+                                                     tmp_path):
+    from vla_msgs.msg import ActionChunk
+    node = start_node(spawn, tmp_path, "chunk_executor",
+                      [CONFIG, overrides_file(tmp_path, "chunk_executor")], "a")
+    publisher = diagnostics.node.create_publisher(ActionChunk, "/vla/action_chunk", 10)
+
+    def execution():
+        return diagnostics.latest("chunk_executor: execution")
+    assert wait_until(lambda: execution() is not None, 30.0, diagnostics.spin), \
+        node.output()[-2000:]
+    assert level(execution()) == OK and execution().message.startswith("idle")
+    hostile = ActionChunk(chunk_id=7, chunk_length=3, action_dim=14, actions=[1.0] * 5)
+
+    def rejected():
+        publisher.publish(hostile)
+        return level(execution()) == WARN and "rejected chunks" in execution().message
+    assert wait_until(rejected, 20.0, diagnostics.spin), (execution().message,
+                                                          node.output()[-2000:])
+    assert int(values(execution())["rejected_chunks"]) >= 1
+    # Nothing new in the next period: back to OK.
+    count = len(diagnostics.statuses["chunk_executor: execution"])
+    assert wait_until(lambda: len(diagnostics.statuses["chunk_executor: execution"])
+                      >= count + 2, 10.0, diagnostics.spin)
+    assert level(execution()) == OK

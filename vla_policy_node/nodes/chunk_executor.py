@@ -39,6 +39,8 @@ from vla_policy_node.control import (
 from vla_policy_node.control.clock import set_realtime_priority
 from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
+from vla_policy_node.nodes.diagnostics import (
+    Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
 from vla_policy_node.nodes.parameters import (
     declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
@@ -207,6 +209,9 @@ class ChunkExecutorNode(Node):
         for name, handler in (("~/pause", self.core.pause), ("~/resume", self.core.resume),
                               ("~/stop", self.core.stop), ("~/reset", self.core.reset)):
             self.create_service(Trigger, name, self._trigger(handler))
+        self._diagnostic_deltas = CounterDeltas()
+        self.diagnostics = DiagnosticsPublisher(self, {"execution": self._diagnose},
+                                                hardware_id=",".join(self.robot.arms))
 
         # The control thread needs the GIL promptly when it wakes; Python's default 5 ms
         # switch interval would let a busy callback delay a tick by that much.
@@ -381,6 +386,29 @@ class ChunkExecutorNode(Node):
         msg.achieved_rate_hz = self.control_clock.achieved_rate(now)
         msg.control_rate_hz = self.config.control_rate_hz
         self._status_pub.publish(msg)
+
+    def _diagnose(self) -> Check:
+        """/diagnostics: what went wrong in the last period (see nodes/diagnostics.py)."""
+        now = self._now()
+        snap = self.core.snapshot(now)
+        names = ("starved_ticks", "clamped_commands", "rate_limited_commands",
+                 "rejected_chunks", "rejected_joint_states")
+        counters = {name: int(getattr(snap.counters, name, 0)) for name in names}
+        delta = self._diagnostic_deltas.update(counters)
+        rate = self.control_clock.achieved_rate(now)
+        target = self.config.control_rate_hz
+        state = snap.state.name.lower()
+        values = dict(counters, state=state, remaining_horizon_s=snap.remaining_horizon,
+                      achieved_rate_hz=rate, control_rate_hz=target)
+        problems = [(WARN, f"{delta[name]} {name.replace('_', ' ')}") for name in names
+                    if delta[name]]
+        moving = state in ("running", "ramping", "holding")
+        if moving and 0 < rate < 0.5 * target:
+            problems.append((ERROR, f"control at {rate:.1f} Hz of {target:.0f} Hz"))
+        elif moving and 0 < rate < 0.9 * target:
+            problems.append((WARN, f"control at {rate:.1f} Hz of {target:.0f} Hz"))
+        return summarize(problems, f"{state}, {snap.remaining_horizon:.2f} s of actions left",
+                         values)
 
     def destroy_node(self) -> None:
         self._stop.set()

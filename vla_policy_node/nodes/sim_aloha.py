@@ -46,6 +46,8 @@ from std_srvs.srv import Trigger
 
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.nodes.conversions import seconds_to_time
+from vla_policy_node.nodes.diagnostics import Check, CounterDeltas, DiagnosticsPublisher
+from vla_policy_node.nodes.diagnostics import summarize, WARN
 from vla_policy_node.nodes.parameters import (
     declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
@@ -145,6 +147,10 @@ class SimAlohaNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._reset_episode()
+        self._diagnostic_deltas = CounterDeltas()
+        self._last_report = (time.monotonic(), 0.0)
+        self.diagnostics = DiagnosticsPublisher(self, {"simulation": self._diagnose},
+                                                hardware_id="mujoco")
         self.get_logger().info(
             f"simulating ALOHA {self.sim.task} at {1 / self.dt:.0f} Hz, cameras "
             f"{[c[0] for c in self._cameras]} at {params['camera_height']}x"
@@ -226,6 +232,24 @@ class SimAlohaNode(Node):
                 with self._lock:
                     self._next_seed = None if parameter.value < 0 else int(parameter.value)
         return SetParametersResult(successful=True)
+
+    def _diagnose(self) -> Check:
+        """/diagnostics: rejected commands in the last period, simulated vs wall time."""
+        with self._lock:
+            counters = dict(self.counters)
+            sim_time = self.sim_time
+        delta = self._diagnostic_deltas.update({"rejected_commands":
+                                                counters["rejected_commands"]})
+        wall, last_sim = self._last_report
+        now = time.monotonic()
+        factor = (sim_time - last_sim) / (now - wall) if now > wall else 0.0
+        self._last_report = (now, sim_time)
+        values = dict(counters, task=self.sim.task, sim_time_s=sim_time,
+                      real_time_factor=factor, target_real_time_factor=self.rtf)
+        problems = []
+        if delta["rejected_commands"]:
+            problems.append((WARN, f"{delta['rejected_commands']} rejected commands"))
+        return summarize(problems, f"{self.sim.task} at {factor:.2f}x real time", values)
 
     # ------------------------------------------------------------------ loop
     def stop(self) -> None:

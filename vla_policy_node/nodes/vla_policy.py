@@ -8,6 +8,7 @@ chunk stamped with the capture time of the observation it was predicted from.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 import os
 import sys
 import threading
@@ -15,7 +16,9 @@ import time
 from typing import Any
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data, QoSDurabilityPolicy, QoSProfile
 from rclpy.qos import QoSReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -31,13 +34,20 @@ from vla_policy_node.data.images import decode_image
 from vla_policy_node.model.family import reset_policy
 from vla_policy_node.nodes.conversions import (
     action_chunk_to_msg, duration_to_seconds, time_to_seconds)
+from vla_policy_node.nodes.diagnostics import (
+    Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
 from vla_policy_node.nodes.parameters import robot_parameter_specs
 from vla_policy_node.nodes.runner import run_node
 from vla_policy_node.policy_runtime import (
     InferenceTrigger, ObservationStore, ObservationUnavailable, TRIGGER_MODES)
 
-PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
+# What `ros2 param set /vla_policy ...` may change while the node runs; validated and applied
+# by VlaPolicyNode._on_set_parameters. Every other parameter is read-only.
+RUNTIME_PARAMETERS = ("trigger", "demand_horizon", "inference_rate_hz", "max_observation_age",
+                      "status_period", "instruction")
+
+_PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
     ParameterSpec("cameras.names", ["cam_high", "cam_left_wrist", "cam_right_wrist"],
                   "Camera names, in the order the model takes them."),
     ParameterSpec("cameras.topics", [""], "Image topic of each camera (cameras.names order)."),
@@ -72,7 +82,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
     ParameterSpec("seed", 0, "Seed of the random weights of a preset.", (0, 2**31 - 1)),
     ParameterSpec("torch_threads", 0, "CPU threads of torch; 0: half the cores (the rest "
                   "stay free for the executor, cameras and DDS).", (0, 256)),
+    ParameterSpec("instruction", "", "The language instruction (as on instruction_topic or "
+                  "~/set_instruction; shows the latest from any of them). Empty at start: "
+                  "wait for one."),
 )
+PARAMETERS: tuple[ParameterSpec, ...] = tuple(
+    replace(spec, read_only=spec.name not in RUNTIME_PARAMETERS) for spec in _PARAMETERS)
 
 INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
@@ -142,7 +157,17 @@ class VlaPolicyNode(Node):
         # the worker does it before its next inference, so this callback never waits on one.
         self._reset_requested = threading.Event()
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.create_timer(p["status_period"], self._publish_status)
+        self._status_timer = self.create_timer(p["status_period"], self._publish_status)
+        self._deltas = {"inference": CounterDeltas(), "inputs": CounterDeltas()}
+        self.diagnostics = DiagnosticsPublisher(
+            self, {"inference": self._diagnose_inference, "inputs": self._diagnose_inputs},
+            hardware_id=self.model_name)
+        self._syncing_instruction = False
+        if p["instruction"].strip():
+            ok, reason = self._set_instruction(p["instruction"])
+            if not ok:
+                raise ValueError(f"parameter instruction: {reason}")
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -227,6 +252,12 @@ class VlaPolicyNode(Node):
         if changed:
             self.get_logger().info(f"new instruction: {text.strip()!r}")
             self._wake.set()
+            if not self._syncing_instruction:  # `ros2 param get instruction` tells the truth
+                self._syncing_instruction = True
+                try:
+                    self.set_parameters([Parameter("instruction", value=text.strip())])
+                finally:
+                    self._syncing_instruction = False
         return True, "instruction set" if changed else "instruction unchanged"
 
     def _on_instruction(self, msg: String) -> None:
@@ -326,12 +357,98 @@ class VlaPolicyNode(Node):
         msg.observation_age = float(self.last_age)
         msg.last_skip_reason = self.last_skip_reason
         self.status_pub.publish(msg)
-        self.get_logger().info(
-            f"{msg.state}: {msg.chunks_published} chunks, latency p50 "
-            f"{msg.inference_latency_p50 * 1e3:.0f} ms, observation age "
-            f"{msg.observation_age * 1e3:.0f} ms, skipped {msg.inferences_skipped}, rejected "
-            f"images/joints/instructions {msg.rejected_images}/{msg.rejected_joint_states}/"
-            f"{msg.rejected_instructions}", throttle_duration_sec=10.0)
+        self.get_logger().info(status_line(msg), throttle_duration_sec=10.0)
+
+    # --- parameters -----------------------------------------------------------------------
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Validate every runtime parameter of the request, then apply them all (or none)."""
+        new = {p.name: p.value for p in parameters}
+        if self._syncing_instruction and set(new) == {"instruction"}:
+            return SetParametersResult(successful=True)
+        mode = new.get("trigger", self.trigger.mode)
+        horizon = new.get("demand_horizon", self.trigger.demand_horizon)
+        rate = new.get("inference_rate_hz", self.get_parameter("inference_rate_hz").value)
+        try:
+            InferenceTrigger(mode, horizon, rate)  # validates the combination
+            if "max_observation_age" in new and not new["max_observation_age"] > 0:
+                raise ValueError("max_observation_age must be > 0 s")
+            if "instruction" in new:
+                text = str(new["instruction"]).strip()
+                if not text:
+                    raise ValueError("empty instruction (send a new one instead)")
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if "instruction" in new:
+            self._syncing_instruction = True
+            try:
+                ok, reason = self._set_instruction(str(new["instruction"]))
+            finally:
+                self._syncing_instruction = False
+            if not ok:
+                return SetParametersResult(successful=False, reason=reason)
+        # Plain attribute stores: the inference thread reads each one atomically.
+        self.trigger.mode, self.trigger.demand_horizon = mode, float(horizon)
+        self.trigger.period = 1.0 / float(rate)
+        if "max_observation_age" in new:
+            self.store.max_age = float(new["max_observation_age"])
+        if "status_period" in new:
+            self._status_timer.timer_period_ns = int(float(new["status_period"]) * 1e9)
+            self._status_timer.reset()
+        changed = ", ".join(f"{k}={v!r}" for k, v in new.items())
+        self.get_logger().info(f"parameters changed: {changed}")
+        self._wake.set()
+        return SetParametersResult(successful=True)
+
+    # --- diagnostics ----------------------------------------------------------------------
+    def _diagnose_inference(self) -> Check:
+        with self._lock:
+            latencies = np.array(self.latencies) if self.latencies else None
+            errors = self.counters["inference_errors"]
+        delta = self._deltas["inference"].update({"inference_errors": errors})
+        chunk_time = self.policy.chunk_length * self.params["step_period"]
+        values: dict = {"state": self.state, "model": self.model_name,
+                        "trigger": self.trigger.mode, "chunk_duration_s": chunk_time,
+                        "demand_horizon_s": self.trigger.demand_horizon,
+                        "inference_period_s": self.trigger.period,
+                        "inference_errors": errors}
+        problems = []
+        if delta["inference_errors"]:
+            problems.append((ERROR, f"{delta['inference_errors']} inferences failed"))
+        if latencies is None:
+            return summarize(problems, f"no inference yet ({self.state})", values)
+        p95 = float(np.percentile(latencies, 95))
+        values.update(latency_p50_s=float(np.percentile(latencies, 50)), latency_p95_s=p95)
+        budget_name, budget = "chunk duration", chunk_time
+        if self.trigger.mode == "on_demand":
+            budget_name, budget = "demand horizon", self.trigger.demand_horizon
+        elif self.trigger.mode == "fixed_rate":
+            budget_name, budget = "inference period", min(self.trigger.period, chunk_time)
+        if p95 > chunk_time:
+            problems.append((ERROR, f"latency p95 {p95 * 1e3:.0f} ms exceeds the chunk "
+                                    f"duration {chunk_time * 1e3:.0f} ms: the robot waits"))
+        elif p95 > budget:
+            problems.append((WARN, f"latency p95 {p95 * 1e3:.0f} ms exceeds the {budget_name} "
+                                   f"{budget * 1e3:.0f} ms"))
+        return summarize(problems, f"latency p95 {p95 * 1e3:.0f} ms within the {budget_name} "
+                                   f"{budget * 1e3:.0f} ms", values)
+
+    def _diagnose_inputs(self) -> Check:
+        names = ("rejected_images", "rejected_joint_states", "rejected_instructions",
+                 "inferences_skipped")
+        with self._lock:
+            counters = {name: self.counters[name] for name in names}
+        delta = self._deltas["inputs"].update(counters)
+        values: dict = dict(counters, instruction=self.store.instruction,
+                            last_skip_reason=self.last_skip_reason)
+        problems = [(WARN, f"{delta[name]} {name.replace('_', ' ')}")
+                    for name in names[:3] if delta[name]]
+        if self.last_skip_reason.startswith("stale"):
+            problems.append((WARN, self.last_skip_reason))
+        elif delta["inferences_skipped"] and self.last_skip_reason:
+            problems.append((WARN, f"no inference: {self.last_skip_reason}"))
+        if not self.store.instruction:
+            return summarize(problems, "waiting for an instruction", values)
+        return summarize(problems, "inputs fresh", values)
 
     def destroy_node(self) -> None:
         self._stop.set()
@@ -341,6 +458,21 @@ class VlaPolicyNode(Node):
             # is a daemon thread and publishes nothing once the context is shut down).
             self._worker.join(timeout=1.0)
         super().destroy_node()
+
+
+def status_line(msg: PolicyStatus) -> str:
+    """The periodic log line; values that do not exist yet (no inference) are left out."""
+    parts = [f"{msg.state}: {msg.chunks_published} chunks"]
+    if msg.inference_latency_p50 >= 0:
+        parts.append(f"latency p50 {msg.inference_latency_p50 * 1e3:.0f} ms")
+    if msg.observation_age >= 0:
+        parts.append(f"observation age {msg.observation_age * 1e3:.0f} ms")
+    rejected = (msg.rejected_images, msg.rejected_joint_states, msg.rejected_instructions)
+    if msg.inferences_skipped:
+        parts.append(f"skipped {msg.inferences_skipped}")
+    if any(rejected):
+        parts.append("rejected images/joints/instructions {}/{}/{}".format(*rejected))
+    return ", ".join(parts)
 
 
 def main(args: list[str] | None = None) -> int:
