@@ -123,6 +123,10 @@ def test_image_chain_matches_official_pixels(policy, expected, obs):
         diff = np.abs(ours - expected[f"{obs}_pixels_224_{camera}"].astype(np.int16))
         assert diff.mean() <= 0.5 and np.percentile(diff, 99) <= 4, (
             camera, diff.mean(), np.percentile(diff, 99), diff.max())
+        # Measured: 0 to 13 of 150528 values differ, by one grey level (float summation order
+        # in the lanczos resize at .5 rounding boundaries).
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= 100, (camera, diff.max(),
+                                                                    np.count_nonzero(diff))
 
 
 # ---------------------------------------------------------------------- model (items 1-3)
@@ -182,8 +186,9 @@ def test_batch_of_two_prompt_lengths_equals_single_rows(policy, expected, observ
 # ---------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("obs", OBS)
 def test_infer_from_sim_frames(policy, expected, observations, obs):
-    """Frames -> our image chain -> actions; the only difference to the reference is the
-    image chain's (JPEG/resampler) pixel differences."""
+    """Frames -> our image chain -> actions. The chain reproduces the reference's pixels up to
+    a handful of values one grey level apart (test above), so the fp32 tolerance on actions
+    holds end to end (measured 3e-6 / 7e-6 of the range)."""
     result = policy.infer(frames(obs), np.asarray(observations[obs]["proprio"]),
                           observations[obs]["instruction"])
     stats = policy.processor.action_normalizer
@@ -191,7 +196,7 @@ def test_infer_from_sim_frames(policy, expected, observations, obs):
     assert rel.max() <= END_TO_END_TOL, rel.max()
 
 
-END_TO_END_TOL = 1e-2
+END_TO_END_TOL = ACTION_TOL
 
 
 def test_training_loss_reads_the_same_positions(policy, expected, observations):
@@ -201,3 +206,20 @@ def test_training_loss_reads_the_same_positions(policy, expected, observations):
                                                   for o in OBS]))
     with torch.no_grad():
         assert float(policy.model.compute_loss(batch)) < 1e-5
+
+
+def test_training_sees_the_deployment_pixels(policy, expected, observations):
+    """build_training_batch without augmentation = the inference batch, bit for bit; with
+    augmentation the crop moves (random_resized_crop 0.9) but the chain is the same."""
+    obs = "obs0"
+    images, proprio = frames(obs), np.asarray(observations[obs]["proprio"])
+    text = observations[obs]["instruction"]
+    inference = policy.processor.build_inference_batch([(images, proprio, text)])
+    actions = policy.processor.action_normalizer.unnormalize(expected[f"{obs}_actions_normalized"])
+    train = policy.processor.build_training_batch([images], proprio[None], actions[None], [text],
+                                                  augment=False)
+    assert torch.equal(train["pixel_values"], inference["pixel_values"])
+    assert torch.equal(train["input_ids"], inference["input_ids"])
+    augmented = policy.processor.build_training_batch([images], proprio[None], actions[None],
+                                                      [text], augment=True, generator=3)
+    assert not torch.equal(augmented["pixel_values"], inference["pixel_values"])

@@ -1,9 +1,9 @@
 """The OFT processor: images, prompt, tokens, and action/proprio (un)normalization.
 
-- Images (uint8 H x W x 3 RGB per camera): resize to ``resize_size`` (256, as ALOHA training
-  data), then to the model size (224); at inference a centre crop of ``crop_scale`` (90%) of the
-  area resized back to 224 (training sees random crops of that scale); then each tower's
-  normalization, stacked as 6 channels (DINOv2 first, SigLIP second).
+- Images (uint8 H x W x 3 RGB per camera): the official OFT chain
+  (:func:`vla_policy_node.data.images.prepare_policy_image`: PIL bicubic to 256, JPEG q95,
+  TF lanczos3 to 224, 90%-area crop resized back, centred at inference and random in training),
+  then each tower's normalization, stacked as 6 channels (DINOv2 first, SigLIP second).
 - Prompt: ``In: What action should the robot take to {instruction.lower()}?\\nOut:``.
 - Normalization from dataset_statistics.json: BOUNDS (min/max) or BOUNDS_Q99 (q01/q99) to
   [-1, 1], clipped; dimensions whose ``mask`` is false pass through unchanged.
@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 
+from vla_policy_node.data.images import prepare_policy_image
 from vla_policy_node.model.configuration_oft import OFTConfig
 from vla_policy_node.model.tokenizer import TextTokenizer
 
@@ -97,33 +96,6 @@ def select_statistics(stats: Mapping[str, Any], unnorm_key: str | None) -> tuple
         raise ValueError(f"statistics hold several datasets {sorted(stats)}: pass unnorm_key")
     key = next(iter(stats))
     return key, dict(stats[key])
-
-
-# ---------------------------------------------------------------------- images
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    shrink = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def _crop_resize(image: np.ndarray, top: int, left: int, side: int, size: int) -> np.ndarray:
-    crop = image[top:top + side, left:left + side]
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def _color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """OpenVLA's training augmentation on a float RGB image in [0, 1]: brightness +-0.2,
-    contrast [0.8, 1.2], saturation [0.8, 1.2], hue +-0.05 (fraction of the circle)."""
-    image = image + rng.uniform(-0.2, 0.2)
-    image = (image - image.mean()) * rng.uniform(0.8, 1.2) + image.mean()
-    gray = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    image = (image - gray[..., None]) * rng.uniform(0.8, 1.2) + gray[..., None]
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-0.05, 0.05) * 360.0) % 360.0
-    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
 
 
 class OFTProcessor:
@@ -228,24 +200,26 @@ class OFTProcessor:
             mask[i, :len(r)] = True
         return input_ids, mask
 
+    def prepare_image(self, image: np.ndarray, augment: bool = False,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+        """uint8 (H, W, 3) camera frame -> the model's uint8 (S, S, 3) image: the official
+        OFT chain (:func:`vla_policy_node.data.images.prepare_policy_image`), the same
+        function in training (``augment``: random crop + colour jitter) and deployment."""
+        return prepare_policy_image(image, self.config.image_size, self.config.resize_size,
+                                    self.config.crop_scale, self.config.center_crop,
+                                    augment, rng)
+
+    def normalize_pixels(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (S, S, 3) -> float32 (6, S, S): x / 255, then each tower's mean/std (DINOv2
+        channels first), as the Prismatic processor's to_tensor + normalize."""
+        pixels = image.astype(np.float32) / np.float32(255.0)
+        six = np.concatenate([pixels, pixels], axis=2)
+        return ((six - self._mean) / self._std).transpose(2, 0, 1)
+
     def preprocess_image(self, image: np.ndarray, augment: bool = False,
                          rng: np.random.Generator | None = None) -> np.ndarray:
         """uint8 (H, W, 3) -> float32 (6, S, S) normalized for DINOv2 then SigLIP."""
-        size = self.config.image_size
-        image = _resize(_resize(image, self.config.resize_size), size)
-        side = int(round(size * math.sqrt(self.config.crop_scale)))
-        if augment:
-            rng = rng if rng is not None else np.random.default_rng()
-            top, left = rng.integers(0, size - side + 1, size=2)
-            image = _crop_resize(image, int(top), int(left), side, size)
-            pixels = _color_jitter(image.astype(np.float32) / 255.0, rng)
-        else:
-            if self.config.center_crop and side < size:
-                offset = (size - side) // 2
-                image = _crop_resize(image, offset, offset, side, size)
-            pixels = image.astype(np.float32) / 255.0
-        six = np.concatenate([pixels, pixels], axis=2)
-        return ((six - self._mean) / self._std).transpose(2, 0, 1)
+        return self.normalize_pixels(self.prepare_image(image, augment, rng))
 
     def pixel_values(self, images: Sequence[Mapping[str, np.ndarray]], augment: bool = False,
                      rng: np.random.Generator | None = None) -> torch.Tensor:
