@@ -45,6 +45,24 @@ def obs(policy):
     return images, proprio, "put the cube in the bowl"
 
 
+def test_format_1_checkpoint_is_refused_with_what_changed(tmp_path):
+    """A checkpoint saved before the model matched the reference must not load silently."""
+    policy = load_policy(preset="tiny")
+    policy.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "oft_config.json").read_text())
+    assert meta["version"] == 2
+    meta["version"] = 1
+    (tmp_path / "oft_config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as info:
+        load_policy(str(tmp_path))
+    message = str(info.value)
+    assert "version 1" in message and "last prompt token" in message and "Retrain" in message
+    meta["version"] = 9
+    (tmp_path / "oft_config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not supported"):
+        load_policy(str(tmp_path))
+
+
 def test_our_format_round_trip_is_exact(tmp_path):
     policy = trained_like("tiny")
     policy.set_statistics(STATS)

@@ -28,6 +28,16 @@ OUR_CONFIG = "oft_config.json"
 OUR_WEIGHTS = "model.safetensors"
 STATISTICS = "dataset_statistics.json"
 FORMAT_NAME = "vla_policy_node/oft"
+# 2: the model computes what the official OpenVLA-OFT computes (issue 15: action hidden states
+# from the last prompt token, exact GELU in SigLIP, the official image chain, no clipping
+# before un-normalization). Weights trained under 1 learned the old computation.
+FORMAT_VERSION = 2
+_VERSION_CHANGES = {
+    1: ("the action head read the action slots themselves (the reference reads from the last "
+        "prompt token through the second-to-last slot), SigLIP used the tanh GELU, images "
+        "went through OpenCV area/linear resizes instead of the official JPEG + Lanczos + "
+        "crop_and_resize chain, and actions were clipped to [-1, 1] before un-normalization"),
+}
 
 DINO = "vision_backbone.featurizer."
 SIGLIP = "vision_backbone.fused_featurizer."
@@ -46,7 +56,7 @@ def save_policy(policy: Any, directory: str | os.PathLike) -> Path:
         raise CheckpointError("cannot save a quantized policy; save before quantizing")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT_NAME, "version": 1, "config": policy.config.to_dict(),
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": policy.config.to_dict(),
             "unnorm_key": policy.processor.unnorm_key}
     state = {k: v.detach().contiguous().cpu() for k, v in policy.model.state_dict().items()}
     lora = [k for k in state if "lora_" in k]
@@ -112,6 +122,19 @@ def _load_ours(directory: Path, device: str, dtype: str, unnorm_key: str | None,
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{directory / OUR_CONFIG}: format {meta.get('format')!r} is not "
                               f"{FORMAT_NAME!r}")
+    version = meta.get("version")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise CheckpointError(
+                f"{directory}: checkpoint format version {version}, this build reads version "
+                f"{FORMAT_VERSION}. Since then the model changed: {_VERSION_CHANGES[version]}. "
+                "Weights trained under the old computation would load but act differently, so "
+                "they are refused. Retrain with vla-finetune (from the same data and base "
+                "checkpoint), or, if this was a converted official checkpoint, load the "
+                "official checkpoint directory itself.")
+        raise CheckpointError(f"{directory}: checkpoint format version {version!r} is not "
+                              f"supported (this build reads {FORMAT_VERSION}); upgrade "
+                              "vla_policy_node")
     config = OFTConfig.from_dict(meta["config"])
     tokenizer = TextTokenizer.load(directory)
     stats = _read_statistics(directory)

@@ -83,6 +83,9 @@ class OFTModel(nn.Module):
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id if pad_token_id is not None else config.llm.vocab_size - 1
         self.action_tokenizer = ActionTokenizer(self.pad_token_id, config.n_action_bins)
+        # Diffusion sampling arithmetic (noise, scheduler steps): float32, or None = the model
+        # dtype as the reference does (see _sample_diffusion).
+        self.diffusion_loop_dtype: torch.dtype | None = torch.float32
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -269,7 +272,16 @@ class OFTModel(nn.Module):
         return out.float()
 
     def _sample_diffusion(self, batch: dict[str, torch.Tensor],
-                          generator: torch.Generator | None) -> torch.Tensor:
+                          generator: torch.Generator | None,
+                          noise: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM reverse process (modeling_prismatic.py:793-875): ``diffusion_inference_steps``
+        steps (the reference's default 50 = every training step), one LLM pass each, the
+        timestep token after the proprio token, each noisy scalar projected to one slot.
+
+        noise: (B, K, D) initial noise (default: drawn from ``generator``). The loop runs in
+        ``self.diffusion_loop_dtype`` (float32 by default; the reference draws the noise and
+        steps the scheduler in the model dtype, i.e. bf16 in bf16; docs/model.md has the
+        measured difference)."""
         head = self.action_head
         scheduler = head.noise_scheduler
         scheduler.set_timesteps(self.config.diffusion_inference_steps)
@@ -277,13 +289,18 @@ class OFTModel(nn.Module):
         prefix = self._prefix(batch)
         b = prefix[0].shape[0]
         shape = (b, self.config.chunk_length, self.config.action_dim)
-        x = torch.randn(shape, generator=generator, device="cpu").to(self.device, torch.float32)
+        loop_dtype = self.diffusion_loop_dtype or self.dtype
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device="cpu")
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"diffusion noise has shape {tuple(noise.shape)}, expected {shape}")
+        x = noise.to(self.device, loop_dtype)
         for t in scheduler.timesteps:
             slots = self.noisy_action_projector(x.to(self.dtype).reshape(b, -1, 1))
             t_batch = torch.full((b,), int(t), device=self.device)
             hidden = self.action_hidden_states(batch, slots,
                                                head.time_encoder(t_batch).to(self.dtype), prefix)
-            eps = head.predict_noise(hidden).float()
+            eps = head.predict_noise(hidden).to(loop_dtype)
             x = scheduler.step(eps, t, x).prev_sample
         return x
 
