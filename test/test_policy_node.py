@@ -51,11 +51,12 @@ class FakeRobot:
         self.node.create_subscription(PolicyStatus, "/vla/policy_status",
                                       self.statuses.append, 10)
         rng = np.random.default_rng(1)
-        self.frames = [rng.integers(0, 255, (96, 128, 3), np.uint8).tobytes()
+        # 120x160: the smallest frame config/aloha.yaml accepts (480x640 cameras, factor 4).
+        self.frames = [rng.integers(0, 255, (120, 160, 3), np.uint8).tobytes()
                        for _ in CAMERA_TOPICS]
         self.stamps = []
 
-    def image(self, data, stamp, encoding="rgb8", height=96, width=128, step=None):
+    def image(self, data, stamp, encoding="rgb8", height=120, width=160, step=None):
         msg = self.Image(height=height, width=width, encoding=encoding,
                          step=width * 3 if step is None else step)
         msg.header.stamp = stamp
@@ -161,6 +162,11 @@ def test_bad_inputs_are_counted_and_survived(robot, spawn, tmp_path):
         publisher.publish(robot.JointState(name=["waist"], position=[0.0]))
     for i in range(500):  # instruction flood, ending with an empty and an oversized one
         robot.say(f"fold the towel {i % 3}")
+    # A NUL inside the text, as a C++ publisher can send it (rclpy would cut it at "fold");
+    # first, so that its (throttled) log line is the one printed.
+    text = b"fold\x00 the towel"
+    robot.instruction.publish(b"\x00\x01\x00\x00" + len(text + b"\x00").to_bytes(4, "little")
+                              + text + b"\x00")
     robot.say("")
     robot.say("x" * 5000)
 
@@ -169,9 +175,11 @@ def test_bad_inputs_are_counted_and_survived(robot, spawn, tmp_path):
             return False
         s = robot.statuses[-1]
         return (s.rejected_images >= 100 and s.rejected_joint_states >= 4
-                and s.rejected_instructions >= 2)
+                and s.rejected_instructions >= 3)
     assert robot.run_until(counted, 60.0, publish=False), (
         robot.statuses[-1] if robot.statuses else None, node.output()[-3000:])
+    assert "NUL character at position 4" in node.output()
+    assert robot.statuses[-1].instruction != "fold"
     # Still alive and still predicting from good data.
     count = len(robot.chunks)
     assert robot.run_until(lambda: len(robot.chunks) > count, 60.0), node.output()[-3000:]
@@ -198,3 +206,50 @@ def test_missing_checkpoint_fails_at_start_up_with_a_clear_message(spawn, tmp_pa
     assert node.poll() == 1
     output = node.output()
     assert "cannot start" in output and "/nonexistent/oft-checkpoint" in output
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_images_of_unexpected_size_are_rejected_before_decoding(robot, spawn, tmp_path):
+    """4000x4000 and 1x1 rgb8 frames (config: 480x640, factor 4) are rejected and counted;
+    inference goes on with the good frames, and the node does not grow (a 4000x4000 frame
+    was once inferred, leaving the node 156 MB larger; a 1x1 one failed inferences)."""
+    node = spawn(policy_node_argv(tmp_path, trigger="fixed_rate", inference_rate_hz=4.0,
+                                  max_observation_age=5.0, status_period=0.2),
+                 name="vla_policy")
+    assert robot.run_until(lambda: len(robot.chunks) >= 3, 90.0, say="fold the towel"), \
+        node.output()
+    robot.run(1.0)
+    before = rss_mb(node.process.pid)
+    statuses = len(robot.statuses)
+    huge = np.full((4000, 4000, 3), 7, np.uint8).tobytes()
+    tiny = b"\x80\x80\x80"
+
+    def rejected():
+        return robot.statuses[-1].rejected_images if len(robot.statuses) > statuses else 0
+
+    def send_until(image, height, width, log, count):
+        for _ in range(20):  # best effort: a 48 MB frame that loses a fragment never arrives
+            stamp = robot.node.get_clock().now().to_msg()
+            robot.cameras[0].publish(robot.image(image, stamp, height=height, width=width))
+            robot.run(0.5, publish=False)
+            if rejected() >= count and log in node.output():  # the log is throttled (2 s)
+                return True
+        return False
+    assert send_until(tiny, 1, 1, "image of 1x1 outside the accepted 120..1920 x 160..2560",
+                      1), (robot.statuses[-1:], node.output()[-3000:])
+    assert send_until(huge, 4000, 4000, "image of 4000x4000 outside the accepted", 2), (
+        robot.statuses[-1:], node.output()[-3000:])
+    assert robot.statuses[-1].inference_errors == 0
+    output = node.output()
+    count = len(robot.chunks)
+    assert robot.run_until(lambda: len(robot.chunks) >= count + 3, 60.0), output[-3000:]
+    robot.run(1.0)
+    assert robot.statuses[-1].inference_errors == 0
+    # Fast DDS keeps the ~60 MB it reassembled the 48 MB samples in (once, with or without
+    # this check); decoding and inferring the frame cost the node 156 MB more.
+    assert rss_mb(node.process.pid) - before < 100, (before, rss_mb(node.process.pid))
+    assert node.poll() is None

@@ -7,7 +7,8 @@ import pytest
 
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.policy_runtime import (
-    arm_vector, InferenceTrigger, ObservationStore, ObservationUnavailable)
+    arm_vector, camera_size_ranges, compressed_image_size, ImageSizeRange, InferenceTrigger,
+    instruction_from_cdr, ObservationStore, ObservationUnavailable)
 
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 DRIVER = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper",
@@ -163,3 +164,86 @@ def test_fixed_rate_and_once_triggers():
 def test_trigger_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InferenceTrigger(**kwargs)
+
+
+# ---- image sizes, read before decoding --------------------------------------------------------
+
+class RawImage:
+    def __init__(self, height, width, step=None, data=None, encoding="rgb8"):
+        self.height, self.width, self.encoding = height, width, encoding
+        self.step = width * 3 if step is None else step
+        self.data = bytes(self.step * height) if data is None else data
+
+
+class Compressed:
+    def __init__(self, data, format="jpeg"):
+        self.data, self.format = data, format
+
+
+def encoded(ext, height, width):
+    import cv2
+    ok, buf = cv2.imencode(ext, np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return buf
+
+
+def test_camera_size_ranges_default_to_four_times_the_configured_resolution():
+    ranges = camera_size_ranges(CAMERAS, [480], [640])
+    assert set(ranges) == set(CAMERAS)
+    assert ranges["cam_high"] == ImageSizeRange(120, 1920, 160, 2560)
+    assert camera_size_ranges(["a", "b"], [480, 240], [640, 320], 2.0)["b"] == \
+        ImageSizeRange(120, 480, 160, 640)
+    with pytest.raises(ValueError, match="cameras.widths has 2 entries for 3 cameras"):
+        camera_size_ranges(CAMERAS, [480], [640, 640])
+    with pytest.raises(ValueError, match=">= 1"):
+        camera_size_ranges(CAMERAS, [480], [640], 0.5)
+
+
+@pytest.mark.parametrize("msg, message", [
+    (RawImage(4000, 4000), "image of 4000x4000 outside the accepted 120..1920 x 160..2560"),
+    (RawImage(1, 1), "image of 1x1 outside"),
+    (RawImage(480, 640, data=b""), "has 0 bytes of data, not step \\* height = 921600"),
+    (RawImage(480, 640, data=bytes(1920 * 2560 * 4 + 1)), "bytes of image data, more than"),
+    (Compressed(encoded(".jpg", 1, 1)), "image of 1x1 outside"),
+    (Compressed(encoded(".png", 4000, 200)), "image of 4000x200 outside"),
+    (Compressed(b"GIF89a" + bytes(100)), "neither JPEG nor PNG"),
+    (Compressed(b"\xff\xd8" + b"\xff\xfe\x00\x02" * 1000), "no readable frame header|without"),
+    (Compressed(b"\xff\xd8\xff\xda"), "frame header"),
+])
+def test_images_of_other_sizes_are_rejected_from_their_headers(msg, message):
+    with pytest.raises(ValueError, match=message):
+        ImageSizeRange.around(480, 640).check(msg)
+
+
+def test_accepted_sizes_are_read_without_decoding(monkeypatch):
+    import cv2
+    monkeypatch.setattr(cv2, "imdecode", None)  # nothing may decode
+    limits = ImageSizeRange.around(480, 640)
+    assert limits.check(RawImage(480, 640)) == (480, 640)
+    assert limits.check(RawImage(240, 320)) == (240, 320)
+    for ext in (".jpg", ".png"):
+        buf = encoded(ext, 240, 320)
+        assert limits.check(Compressed(buf)) == (240, 320)  # numpy data, as from rosbags
+        assert limits.check(Compressed(bytes(buf))) == (240, 320)
+        import array
+        assert limits.check(Compressed(array.array("B", bytes(buf)))) == (240, 320)  # rclpy
+    assert compressed_image_size(encoded(".jpg", 1920, 7)) == (1920, 7)
+
+
+def test_an_instruction_with_a_nul_character_is_refused_not_cut(robot):
+    """rclpy reads a String up to its first NUL: "fold\\0 the towel" arrived as "fold"."""
+    import struct
+    text = b"fold\x00 the towel"
+    raw = b"\x00\x01\x00\x00" + struct.pack("<I", len(text) + 1) + text + b"\x00"
+    with pytest.raises(ValueError, match="NUL character at position 4"):
+        instruction_from_cdr(raw)
+    good = "plie la serviette, s'il te plaît".encode()
+    assert instruction_from_cdr(b"\x00\x01\x00\x00" + struct.pack("<I", len(good) + 1) + good
+                                + b"\x00") == good.decode()
+    for bad in (b"", raw[:10], raw[:-1] + b"x"):
+        with pytest.raises(ValueError, match="malformed"):
+            instruction_from_cdr(bad)
+    store = ObservationStore(CAMERAS, robot, max_age=0.5)
+    with pytest.raises(ValueError, match="NUL character at position 4"):
+        store.set_instruction("fold\x00 the towel")
+    assert store.instruction_id == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import logging
 import math
+import struct
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,6 +22,12 @@ logger = logging.getLogger(__name__)
 
 TRIGGER_MODES = ("on_demand", "fixed_rate", "once")
 MAX_INSTRUCTION_LENGTH = 1000
+#: Accepted image sizes: within this factor of a camera's configured resolution, per dimension.
+DEFAULT_SIZE_FACTOR = 4.0
+#: Bytes per pixel of the largest raw encoding accepted (rgba8/bgra8): bounds any image's data.
+_MAX_BYTES_PER_PIXEL = 4
+#: JPEG segments read before the frame header (SOF) must have come; real files need < 10.
+_MAX_JPEG_SEGMENTS = 64
 
 
 class ObservationUnavailable(RuntimeError):
@@ -83,6 +90,160 @@ def arm_vector(robot: RobotConfig, arm: str, names: Sequence[str],
     return indices, values
 
 
+@dataclass(frozen=True)
+class ImageSizeRange:
+    """The image sizes one camera may send (pixels, inclusive); checked before decoding."""
+
+    min_height: int
+    max_height: int
+    min_width: int
+    max_width: int
+
+    @classmethod
+    def around(cls, height: int, width: int, factor: float = DEFAULT_SIZE_FACTOR
+               ) -> "ImageSizeRange":
+        """Sizes within ``factor`` of ``height`` x ``width`` in each dimension."""
+        if not (height > 0 and width > 0):
+            raise ValueError(f"camera resolution must be > 0, got {height}x{width}")
+        if not factor >= 1.0:
+            raise ValueError(f"image size factor must be >= 1, got {factor}")
+        return cls(max(1, math.ceil(height / factor)), math.floor(height * factor),
+                   max(1, math.ceil(width / factor)), math.floor(width * factor))
+
+    def __str__(self) -> str:
+        return (f"{self.min_height}..{self.max_height} x {self.min_width}..{self.max_width} "
+                f"(height x width)")
+
+    @property
+    def max_bytes(self) -> int:
+        """Most data bytes an accepted image message may carry (raw or compressed)."""
+        return self.max_height * self.max_width * _MAX_BYTES_PER_PIXEL
+
+    def check(self, msg: Any) -> tuple[int, int]:
+        """(height, width) of an image message, read without decoding it.
+
+        ``sensor_msgs/Image``: its height/width fields, and a data length equal to
+        step * height; ``CompressedImage``: the JPEG frame header or the PNG IHDR chunk.
+
+        Raises:
+            ValueError: a size outside this range, inconsistent fields, too much data, or a
+                compressed image whose size cannot be read (the message says which).
+        """
+        data = msg.data
+        raw = hasattr(msg, "encoding")
+        if raw:
+            self._check_size(int(msg.height), int(msg.width))
+        if len(data) > self.max_bytes:
+            raise ValueError(f"{len(data)} bytes of image data, more than the "
+                             f"{self.max_bytes} of the largest accepted image ({self})")
+        if not raw:
+            height, width = compressed_image_size(data)
+            self._check_size(height, width)
+            return height, width
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        if len(data) != step * height:
+            raise ValueError(f"{height}x{width} image with step {step} has {len(data)} "
+                             f"bytes of data, not step * height = {step * height}")
+        return height, width
+
+    def _check_size(self, height: int, width: int) -> None:
+        if not (self.min_height <= height <= self.max_height
+                and self.min_width <= width <= self.max_width):
+            raise ValueError(f"image of {height}x{width} outside the accepted {self}")
+
+
+def camera_size_ranges(names: Sequence[str], heights: Sequence[int], widths: Sequence[int],
+                       factor: float = DEFAULT_SIZE_FACTOR) -> dict[str, ImageSizeRange]:
+    """Camera name -> accepted sizes; one height or width applies to every camera.
+
+    Raises:
+        ValueError: lists of another length than ``names``, sizes <= 0, factor < 1.
+    """
+    def per_camera(values: Sequence[int], what: str) -> list[int]:
+        values = [int(v) for v in values]
+        if len(values) == 1:
+            return values * len(names)
+        if len(values) != len(names):
+            raise ValueError(f"{what} has {len(values)} entries for {len(names)} cameras "
+                             f"{list(names)} (give one per camera, or one for all)")
+        return values
+
+    return {name: ImageSizeRange.around(h, w, factor) for name, h, w in zip(
+        names, per_camera(heights, "cameras.heights"), per_camera(widths, "cameras.widths"))}
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # not DHT, JPG, DAC
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def compressed_image_size(data: Any) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header or a PNG's IHDR chunk, without decoding.
+
+    Raises:
+        ValueError: neither JPEG nor PNG, or no readable size in its header.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, (list, tuple)) else \
+        memoryview(bytes(data))
+    n = len(view)
+    if n >= 24 and bytes(view[:8]) == _PNG_MAGIC:
+        if bytes(view[12:16]) != b"IHDR":
+            raise ValueError("PNG without IHDR chunk first")
+        width, height = struct.unpack_from(">II", view, 16)
+        return height, width
+    if n < 4 or bytes(view[:2]) != b"\xff\xd8":
+        raise ValueError("compressed image is neither JPEG nor PNG (by its first bytes)")
+    pos = 2
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        while pos < n and view[pos] == 0xFF and pos + 1 < n and view[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 4 > n or view[pos] != 0xFF:
+            break
+        marker = view[pos + 1]
+        if marker == 0xDA or marker == 0xD9:  # scan data or end before a frame header
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack_from(">H", view, pos + 2)
+        if marker in _JPEG_SOF:
+            if length < 7 or pos + 9 > n:
+                break
+            height, width = struct.unpack_from(">HH", view, pos + 5)
+            if height == 0:  # height defined later (DNL): not seen in camera frames
+                break
+            return height, width
+        if length < 2:
+            break
+        pos += 2 + length
+    raise ValueError("JPEG without a readable frame header (SOF) in its first "
+                     f"{_MAX_JPEG_SEGMENTS} segments")
+
+
+def instruction_from_cdr(raw: bytes | memoryview) -> str:
+    """The text of a serialized ``std_msgs/String``, refusing what rclpy would cut silently.
+
+    rclpy reads a string up to its first NUL, so ``"fold\\0 the towel"`` from a C++
+    publisher would arrive as ``"fold"``; this reads all ``length`` bytes instead.
+
+    Raises:
+        ValueError: a NUL inside the text, bytes that are not UTF-8, or a malformed message.
+    """
+    if len(raw) < 9 or raw[0] != 0 or raw[1] not in (0, 1):
+        raise ValueError("malformed String message (no CDR header)")
+    (length,) = struct.unpack_from("<I" if raw[1] == 1 else ">I", raw, 4)
+    if not 1 <= length <= len(raw) - 8 or raw[8 + length - 1] != 0:
+        raise ValueError(f"malformed String message (length {length}, {len(raw) - 8} bytes)")
+    text = bytes(raw[8:8 + length - 1])
+    nul = text.find(0)
+    if nul >= 0:
+        raise ValueError(f"instruction contains a NUL character at position {nul} (it "
+                         f"would be cut there): {text.decode(errors='replace')!r}")
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"instruction is not UTF-8: {exc}") from None
+
+
 class ObservationStore:
     """Latest input per source, with stamps; assembles observations on request.
 
@@ -124,6 +285,9 @@ class ObservationStore:
         text = text.strip()
         if not text:
             raise ValueError("empty instruction")
+        if "\0" in text:
+            raise ValueError(f"instruction contains a NUL character at position "
+                             f"{text.index(chr(0))} (ROS strings end there): {text!r}")
         if len(text) > MAX_INSTRUCTION_LENGTH:
             raise ValueError(f"instruction of {len(text)} characters (max "
                              f"{MAX_INSTRUCTION_LENGTH})")

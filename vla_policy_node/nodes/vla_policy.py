@@ -40,7 +40,8 @@ from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
 from vla_policy_node.nodes.parameters import robot_parameter_specs
 from vla_policy_node.nodes.runner import run_node
 from vla_policy_node.policy_runtime import (
-    InferenceTrigger, ObservationStore, ObservationUnavailable, TRIGGER_MODES)
+    camera_size_ranges, DEFAULT_SIZE_FACTOR, InferenceTrigger, instruction_from_cdr,
+    ObservationStore, ObservationUnavailable, TRIGGER_MODES)
 
 # What `ros2 param set /vla_policy ...` may change while the node runs; validated and applied
 # by VlaPolicyNode._on_set_parameters. Every other parameter is read-only.
@@ -53,6 +54,12 @@ _PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs() + (
     ParameterSpec("cameras.topics", [""], "Image topic of each camera (cameras.names order)."),
     ParameterSpec("cameras.transports", ["raw"],
                   "raw (sensor_msgs/Image) or compressed (CompressedImage) per camera."),
+    ParameterSpec("cameras.heights", [480], "Image height each camera is set up for "
+                  "(pixels, cameras.names order; one value: every camera)."),
+    ParameterSpec("cameras.widths", [640], "Image width each camera is set up for (pixels)."),
+    ParameterSpec("cameras.size_factor", DEFAULT_SIZE_FACTOR, "Images more than this factor "
+                  "smaller or larger than cameras.heights/widths in a dimension are rejected "
+                  "before decoding (counted in rejected_images).", (1.0, 1000.0)),
     ParameterSpec("instruction_topic", "/vla/instruction",
                   "std_msgs/String instructions (reliable, volatile: ros2 topic pub works)."),
     ParameterSpec("output_topic", "/vla/action_chunk", "vla_msgs/ActionChunk output."),
@@ -109,6 +116,8 @@ class VlaPolicyNode(Node):
         bad = [t for t in transports if t not in ("raw", "compressed")]
         if bad:
             raise ValueError(f"cameras.transports: {bad} not raw/compressed")
+        self.image_sizes = camera_size_ranges(names, p["cameras.heights"], p["cameras.widths"],
+                                              p["cameras.size_factor"])
         self.trigger = InferenceTrigger(p["trigger"], p["demand_horizon"],
                                         p["inference_rate_hz"])
         if p["trigger"] not in TRIGGER_MODES:
@@ -148,8 +157,9 @@ class VlaPolicyNode(Node):
             self.create_subscription(JointState, topic,
                                      lambda msg, a=arm: self._on_joint_state(a, msg),
                                      qos_profile_sensor_data)
+        # Raw: rclpy would cut a text at its first NUL without a word (see _on_instruction).
         self.create_subscription(String, p["instruction_topic"], self._on_instruction,
-                                 INSTRUCTION_QOS)
+                                 INSTRUCTION_QOS, raw=True)
         self.create_subscription(ExecutorStatus, p["executor_status_topic"],
                                  self._on_executor_status, 10)
         self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
@@ -224,6 +234,8 @@ class VlaPolicyNode(Node):
     # --- inputs ---------------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any) -> None:
         try:
+            # Size from the header fields only: a huge or tiny frame is never decoded.
+            self.image_sizes[camera].check(msg)
             if isinstance(msg, CompressedImage):
                 if not len(msg.data):
                     raise ValueError("empty compressed image")
@@ -260,8 +272,13 @@ class VlaPolicyNode(Node):
                     self._syncing_instruction = False
         return True, "instruction set" if changed else "instruction unchanged"
 
-    def _on_instruction(self, msg: String) -> None:
-        self._set_instruction(msg.data)
+    def _on_instruction(self, raw: bytes) -> None:
+        try:
+            text = instruction_from_cdr(raw)
+        except ValueError as exc:
+            self._count("rejected_instructions", f"rejected instruction: {exc}")
+            return
+        self._set_instruction(text)
 
     def _on_set_instruction(self, request: Any, response: Any) -> Any:
         response.success, response.message = self._set_instruction(request.instruction)
