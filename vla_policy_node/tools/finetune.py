@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--preset", default="tiny", metavar="NAME",
                        help="model preset when there is no --base, random weights: tiny or "
                             "openvla-7b, each also -libero, -diffusion, -discrete (tiny*: "
-                            "tests and demos; default: %(default)s)")
+                            "tests and demos; default: %(default)s); RoboFlamingo: "
+                            "tiny-roboflamingo[-chunk], roboflamingo-mpt_dolly_3b[-aloha], ... "
+                            "(trains its released set: LoRA options unused; recipe --lr 1e-4 "
+                            "--weight-decay 0.1, see docs/roboflamingo.md)")
     model.add_argument("--lora-rank", type=_int_at_least(0), default=32, metavar="R",
                        help="LoRA rank on every linear layer of the backbone; 0: train every "
                             "weight (default: %(default)s, as OFT)")
@@ -157,7 +160,10 @@ def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--device {args.device}: this torch has no CUDA device")
     # Imported here, not at the top: the model package loads transformers (seconds), which
     # --help and the checks above do not need.
-    from vla_policy_node.model.configuration_oft import PRESETS
+    from vla_policy_node.model.configuration_oft import PRESETS as OFT_PRESETS
+    from vla_policy_node.model.roboflamingo.configuration_roboflamingo import (
+        PRESETS as ROBOFLAMINGO_PRESETS)
+    PRESETS = OFT_PRESETS + ROBOFLAMINGO_PRESETS
     if not args.base and args.preset not in PRESETS:
         parser.error(f"unknown --preset {args.preset!r}; known: {', '.join(PRESETS)}")
 

@@ -180,6 +180,12 @@ def _init_distributed(device: str, world: int) -> tuple[str, bool]:
 
 def _select_trainable(policy: Any, config: TrainConfig) -> list[torch.nn.Parameter]:
     model = policy.model
+    if hasattr(policy, "trainable_parameters"):
+        # A family with its own trainable set (RoboFlamingo: perceiver, cross-attention,
+        # input embeddings, head; the rest frozen, no LoRA).
+        logger.info("%s trains its released parameter set (LoRA settings unused)",
+                    getattr(policy, "family", "this family"))
+        return policy.trainable_parameters()
     if config.lora_rank > 0:
         from vla_policy_node.model.lora import apply_lora
         apply_lora(policy, config.lora_rank, config.lora_alpha, config.lora_dropout)
@@ -416,10 +422,15 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         policy.set_statistics(statistics, config.unnorm_key)
     except ValueError as exc:
         raise DatasetError(f"{Path(config.data_dir) / STATISTICS_FILE}: {exc}") from None
-    dataset = EpisodeDataset(train_paths, policy.camera_names, policy.chunk_length,
-                             policy.action_dim)
-    val_dataset = (EpisodeDataset(val_paths, policy.camera_names, policy.chunk_length,
-                                  policy.action_dim) if val_paths else None)
+    make_dataset = getattr(policy, "training_dataset", None)  # families with history: windows
+    if make_dataset is not None:
+        dataset = make_dataset(train_paths)
+        val_dataset = make_dataset(val_paths) if val_paths else None
+    else:
+        dataset = EpisodeDataset(train_paths, policy.camera_names, policy.chunk_length,
+                                 policy.action_dim)
+        val_dataset = (EpisodeDataset(val_paths, policy.camera_names, policy.chunk_length,
+                                      policy.action_dim) if val_paths else None)
     episodes = {"train": dataset.manifest(),
                 "val": val_dataset.manifest() if val_dataset is not None else []}
     if state is not None:
@@ -433,10 +444,16 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                 "%d process(es), global batch %d", n_train, n_all, 100 * n_train / n_all,
                 len(dataset), len(val_dataset) if val_dataset else 0, world,
                 config.batch_size * config.grad_accumulation * world)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # A family may group its parameters (RoboFlamingo: weight decay on cross-attention only)
+    # and shape the lr (RoboFlamingo: linear warmup).
+    groups = (policy.optimizer_groups(config.lr, config.weight_decay)
+              if hasattr(policy, "optimizer_groups") else params)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     decay = config.lr_decay_step or (config.steps + 1)
+    warmup = getattr(policy, "lr_factor", lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 if step < decay else 0.1)
+        optimizer, lambda step: warmup(step) * (1.0 if step < decay else 0.1))
+    grad_clip = float(getattr(policy, "grad_clip", 0.0))
     start, losses, val_losses = 0, [], {}
     if state is not None:
         missing = set(_trainable_state(model)) - set(state["model"])
@@ -505,6 +522,8 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         total = _all_reduce_sum([total], policy.device, world)[0] / world
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {step}")
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         scheduler.step()
         losses.append(total)

@@ -177,6 +177,11 @@ class RoboFlamingoPolicy:
         return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
                 {"params": plain, "weight_decay": 0.0, "lr": lr}]
 
+    @property
+    def grad_clip(self) -> float:
+        """Gradient-norm clip of the release (0: none)."""
+        return self.config.grad_clip
+
     def lr_factor(self, step: int) -> float:
         """Constant after a linear warmup of ``warmup_steps`` (the release's schedule)."""
         warm = self.config.warmup_steps
@@ -185,7 +190,7 @@ class RoboFlamingoPolicy:
     def training_dataset(self, paths: Any) -> Any:
         from vla_policy_node.train.windows import WindowDataset
         return WindowDataset(paths, self.camera_names, self.config.window,
-                             self.chunk_length, self.action_dim)
+                             self.config.frame_stride, self.chunk_length, self.action_dim)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -219,11 +219,12 @@ class RoboFlamingoProcessor:
                 "attention_mask": mask}
 
     def build_training_batch(self, windows: Sequence[Sequence[Mapping[str, np.ndarray]]],
-                             actions: np.ndarray, instructions: Sequence[str],
+                             proprio: Any, actions: np.ndarray, instructions: Sequence[str],
                              augment: bool = True,
                              generator: np.random.Generator | int | None = None
                              ) -> dict[str, torch.Tensor]:
-        """B windows of W frames (camera dicts), actions (B, W, K, D) raw, B instructions ->
+        """B windows of W frames (camera dicts), proprio (ignored, as released), actions
+        (B, W, K, D) raw, B instructions ->
         pixel_values (B, W, C, 3, S, S), input_ids/attention_mask (B, T), actions
         (B, W, K, Dc) normalized, gripper_labels (B, W, K, Nb) in {0, 1}."""
         cfg = self.config
