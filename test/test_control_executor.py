@@ -308,3 +308,156 @@ def test_reset_sends_nothing_then_ramps_from_the_new_measured_pose(robot):
                              now=1.2).accepted
     first = core.tick(1.2)
     np.testing.assert_allclose(first, moved, atol=1e-9)
+
+
+# ---------------------------------------------------------------------- issue 11: hostile input
+def driver_pose(robot, **joints) -> np.ndarray:
+    """home() with some joints set; grippers given in driver radians."""
+    pose = home(robot)
+    for name, value in joints.items():
+        i = robot.joint_names.index(name)
+        pose[i] = robot.normalize_gripper(value) if name.endswith("gripper") else value
+    return pose
+
+
+def test_measured_pose_far_outside_the_limits_refuses_to_start(robot, caplog):
+    """Waist at 50 rad, gripper at 10 rad: before, 332 of 333 commands left the limits."""
+    core = make_core(robot)
+    bad = driver_pose(robot, left_waist=50.0, left_gripper=10.0)
+    core.submit_chunk(chunk(robot, 0.0, home(robot), k=200), now=0.0)
+    with caplog.at_level(logging.WARNING, logger="vla_policy_node.control.executor"):
+        commands = []
+        for n in range(333):
+            if n % 25 == 0:
+                feed_joint_states(core, robot, bad, now=n * DT)
+            commands.append(core.tick(n * DT))
+    assert commands == [None] * 333
+    assert core.counters.refused_start_ticks == 333
+    assert core.state is ExecutorState.IDLE
+    reason = core.snapshot(333 * DT).idle_reason
+    assert "refusing to start" in reason and "left_waist=50" in reason
+    assert "left_gripper" in reason and "start_margin 0.05" in reason
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "left_waist=50" in errors[0].getMessage()
+    assert len(errors) < 10  # throttled: one line per log_interval, not one per tick
+
+    # The arm is brought back inside its limits: the ramp starts from there.
+    inside = driver_pose(robot, left_waist=3.1)
+    feed_joint_states(core, robot, inside, now=333 * DT)
+    first = core.tick(333 * DT)
+    step = robot.max_velocity / RATE
+    assert np.all(np.abs(first - inside) <= step + 1e-12)
+    assert core.snapshot(333 * DT).idle_reason == ""
+
+
+def test_measured_pose_within_the_margin_ramps_from_the_clamped_pose(robot):
+    core = make_core(robot, start_margin=0.05)
+    i_elbow = robot.joint_names.index("left_elbow")
+    i_grip = robot.joint_names.index("right_gripper")
+    pose = home(robot)
+    pose[i_elbow] = robot.position_max[i_elbow] + 0.04
+    pose[i_grip] = -0.03  # normalized: just beyond "closed"
+    feed_joint_states(core, robot, pose, now=0.0)
+    core.submit_chunk(chunk(robot, 0.0, home(robot), k=50), now=0.0)
+    commands = np.array([core.tick(n * DT) for n in range(50)])
+    assert np.all((commands >= robot.position_min) & (commands <= robot.position_max))
+    start = np.clip(pose, robot.position_min, robot.position_max)
+    step = robot.max_velocity / RATE
+    assert np.all(np.abs(commands[0] - start) <= step + 1e-12)
+    assert np.all(np.abs(np.diff(commands, axis=0)) <= step + 1e-12)
+    assert core.counters.clamped_commands >= 1
+
+
+@pytest.mark.parametrize("k, period, words", [
+    (100_000, 0.04, "max_chunk_length"),
+    (3, 1e5, "max_step_period"),
+    (25, 1e-4, "min_step_period"),
+    (60, 0.04, "max_chunk_horizon"),  # 2.36 s
+])
+def test_a_chunk_beyond_the_bounds_is_rejected_and_cannot_take_over(robot, k, period, words):
+    """Before: K = 100,000 or a 1e5 s step were accepted (horizon 4,000 s / 2e5 s)."""
+    core = ExecutorCore(robot, ExecutorConfig(control_rate_hz=RATE))  # configured bounds
+    big = ActionChunk(stamp=0.0, actions=np.tile(home(robot), (k, 1)),
+                      joint_names=robot.joint_names, step_period=period, chunk_id=1)
+    verdict = core.submit_chunk(big, now=0.0)
+    assert not verdict.accepted and words in verdict.reason
+    snap = core.snapshot(0.0)
+    assert snap.remaining_horizon == 0.0 and len(core.buffer) == 0
+    assert snap.counters.rejected_chunks_bounds == 1 and snap.counters.rejected_chunks == 1
+    assert words in snap.last_rejection
+    # The policy's own chunks (ALOHA OFT: 25 x 0.04 s) pass.
+    assert core.submit_chunk(chunk(robot, 0.0, home(robot), chunk_id=2), now=0.0).accepted
+
+
+def test_chunk_bounds_come_from_config(robot):
+    params = load_node_params(default_config_path(), "chunk_executor")
+    config = ExecutorConfig.from_params(params)
+    assert config.max_chunk_length == params["max_chunk_length"]
+    assert config.max_chunk_horizon == params["max_chunk_horizon"]
+    assert config.min_step_period <= 0.04 <= config.max_step_period
+    assert config.start_margin == params["start_margin"]
+    with pytest.raises(ValueError, match="min_step_period"):
+        ExecutorConfig(min_step_period=0.5, max_step_period=0.1)
+    with pytest.raises(ValueError, match="max_chunk_length"):
+        ExecutorConfig(max_chunk_length=0)
+
+
+def test_joint_state_freshness_is_judged_by_its_header_stamp(robot):
+    """A pose stamped in 1970 (unset), long ago or in the future is rejected even when it
+    arrives now; before, arrival time decided and a 1970 stamp started the ramp."""
+    core = make_core(robot, joint_state_timeout=0.5, max_future_stamp=0.5)
+    now = 1000.0
+    core.submit_chunk(chunk(robot, now, home(robot)), now=now)
+    names = list(robot.arm_joint_names) + [robot.gripper_joint_name]
+    values = [0.0] * 6 + [float(robot.unnormalize_gripper(0.5))]
+    for stamp, words in ((0.0, "1970"), (now - 2.0, "old"), (now + 3.0, "ahead"),
+                         (float("nan"), "non-finite")):
+        for arm in robot.arms:
+            assert not core.update_joint_state(arm, names, values, now, stamp=stamp)
+        assert words in core.snapshot(now).last_rejection
+        assert core.tick(now) is None
+    assert core.counters.rejected_joint_states == 8
+    assert "no joint state" in core.snapshot(now).idle_reason
+    for arm in robot.arms:  # measured 0.1 s ago: fresh
+        assert core.update_joint_state(arm, names, values, now, stamp=now - 0.1)
+    assert core.tick(now) is not None
+
+
+def test_chunk_ids_must_increase_while_the_plan_lasts(robot):
+    core = make_core(robot)
+    feed_joint_states(core, robot, home(robot), now=0.0)
+    assert core.submit_chunk(chunk(robot, 0.0, home(robot), chunk_id=10), now=0.0).accepted
+    for i in range(10):
+        core.tick(i * DT)
+    for chunk_id, stamp in ((3, 0.2), (10, 0.2), (10, 0.0)):  # backwards, duplicates
+        verdict = core.submit_chunk(chunk(robot, stamp, home(robot) + 0.1, chunk_id=chunk_id),
+                                    now=0.2)
+        assert not verdict.accepted and "id not after" in verdict.reason
+    assert core.counters.rejected_chunks_order == 3
+    assert core.submit_chunk(chunk(robot, 0.2, home(robot), chunk_id=11), now=0.2).accepted
+    assert core.snapshot(0.2).last_chunk_id == 11
+
+
+def test_a_restarted_policy_takes_over_once_the_plan_has_run_out(robot, caplog):
+    """Ids restart from 1 after a policy restart: accepted once the executor holds."""
+    core = make_core(robot)
+    feed_joint_states(core, robot, home(robot), now=0.0)
+    assert core.submit_chunk(chunk(robot, 0.0, home(robot), chunk_id=57), now=0.0).accepted
+    n = 0
+    while core.state is not ExecutorState.HOLDING:
+        held = core.tick(n * DT)
+        n += 1
+    now = n * DT
+    assert now == pytest.approx((K - 1) * PERIOD + 0.2, abs=2 * DT)
+    with caplog.at_level(logging.INFO, logger="vla_policy_node.control.executor"):
+        verdict = core.submit_chunk(chunk(robot, now, home(robot) + 0.2, chunk_id=1), now=now)
+    assert verdict.accepted
+    assert any("new chunk sequence" in r.getMessage() for r in caplog.records)
+    first = core.tick(now)
+    assert core.state is ExecutorState.RAMPING
+    assert np.all(np.abs(first - held) <= robot.max_velocity / RATE + 1e-12)
+    # So does a policy after stop + resume.
+    core.stop()
+    core.resume()
+    assert core.submit_chunk(chunk(robot, now, home(robot), chunk_id=1), now=now).accepted
+    assert core.counters.rejected_chunks_order == 0
