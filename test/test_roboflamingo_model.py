@@ -273,3 +273,23 @@ def test_transformers_language_models_take_the_cross_attention(kind):
         assert torch.allclose(plain, lm.features(ids, mask, media, ids == 5))
         lm.xattn[3].ff_gate.fill_(1.0)
         assert not torch.allclose(plain, lm.features(ids, mask, media, ids == 5))
+
+
+@pytest.mark.parametrize("llm,released_gb", [("mpt_dolly_3b", 17.6), ("mpt_4b", 23.7),
+                                             ("mpt_9b", 43.0)])
+def test_released_sizes_reproduce_the_checkpoint_file_sizes(llm, released_gb):
+    """Outside anchor: the HF file sizes of the released .pth (3B 17.6 GB, 4B 23.7, 9B 43).
+    A release file holds, in fp32, the trainable set with its two Adam moments plus the frozen
+    LM blocks (old_decoder_blocks); the cross-attention alias shares storage. Built on the
+    meta device (no memory): a wrong width, depth, interval or trainable set misses by GBs."""
+    from vla_policy_node.model.roboflamingo.modeling_roboflamingo import RoboFlamingoModel
+    config = get_preset(f"roboflamingo-{llm}")
+    with torch.device("meta"):
+        model = RoboFlamingoModel(config, 50278)
+    trainable = sum(p.numel() for _, p in model.trainable_named_parameters())
+    lm = model.lang
+    blocks = lm.blocks if config.lm.kind == "mosaic_gpt" else (
+        lm.model.layers if config.lm.kind == "gpt_neox" else lm.model.blocks)
+    frozen_blocks = sum(p.numel() for p in blocks.parameters())
+    estimate_gb = (3 * trainable + frozen_blocks) * 4 / 1e9
+    assert abs(estimate_gb - released_gb) / released_gb < 0.025, estimate_gb
