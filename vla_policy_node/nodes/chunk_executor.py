@@ -38,6 +38,7 @@ from vla_policy_node.control import (
     ArmCommand, ControlClock, ExecutorConfig, ExecutorCore, MergeStrategy)
 from vla_policy_node.control.clock import set_realtime_priority
 from vla_policy_node.control.throttle import ThrottledLogger
+from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
 from vla_policy_node.nodes.diagnostics import (
     Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
@@ -263,7 +264,7 @@ class ChunkExecutorNode(Node):
 
     def _interbotix_output(self, arm: str, params: dict[str, Any],
                            qos: QoSProfile) -> Callable[[ArmCommand], None]:
-        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+        JointGroupCommand, JointSingleCommand = interbotix.command_types()
         group = self.create_publisher(
             JointGroupCommand, params["interbotix.group_topic"].format(arm=arm), qos)
         single = self.create_publisher(

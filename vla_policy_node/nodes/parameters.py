@@ -14,7 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.exceptions import ParameterUninitializedException
+try:
+    from rclpy.exceptions import ParameterUninitializedException
+except ImportError:  # older rclpy: a typed parameter without a value reads as NOT_SET instead
+    class ParameterUninitializedException(Exception):  # type: ignore[no-redef]
+        """Never raised by this rclpy."""
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 

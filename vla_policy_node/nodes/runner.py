@@ -2,12 +2,13 @@
 
 Shutdown is quiet and fast, as a terminal Ctrl-C or ``ros2 launch`` expects:
 
-* SIGINT/SIGTERM go through rclpy's handler (it shuts the context down, so ``spin`` returns
-  with ExternalShutdownException and custom loops see ``context.ok()`` turn False) and then to
-  ours, which only records the signal. A second Ctrl-C (a terminal signals the whole process
-  group, then ``ros2 launch`` forwards its own) therefore cannot raise KeyboardInterrupt in the
-  middle of ``destroy_node``; only one that arrives while the node is still being built
-  (loading a model) interrupts the start.
+* SIGINT/SIGTERM go through rclpy's handler (on Jazzy it shuts the context down, so ``spin``
+  returns with ExternalShutdownException and custom loops see ``context.ok()`` turn False) and
+  then to ours, which records the signal and shuts the context down where rclpy did not
+  (Humble), instead of raising KeyboardInterrupt. A second Ctrl-C (a terminal signals the
+  whole process group, then ``ros2 launch`` forwards its own) therefore cannot raise
+  KeyboardInterrupt in the middle of ``destroy_node``; only one that arrives while the node
+  is still being built (loading a model) interrupts the start.
 * After a signal the process ends right after ``destroy_node`` and rclpy's shutdown
   (atexit handlers and log flushing included), without the interpreter's teardown of torch,
   transformers and MuJoCo, which takes seconds and was what a user waited for after Ctrl-C.
@@ -42,6 +43,10 @@ class _SignalState:
         self.received = signum if first else self.received
         if first and self.starting and threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt  # still building the node: stop building it
+        if first:
+            # Jazzy's handler has shut the context down already; Humble's only woke the
+            # executor (and relied on KeyboardInterrupt): end the spin the same way there.
+            rclpy.try_shutdown()
 
 
 def _install_handlers(state: _SignalState) -> None:

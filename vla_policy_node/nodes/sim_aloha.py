@@ -45,6 +45,7 @@ from std_msgs.msg import Bool, Float64
 from std_srvs.srv import Trigger
 
 from vla_policy_node.config import RobotConfig
+from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import seconds_to_time
 from vla_policy_node.nodes.diagnostics import Check, CounterDeltas, DiagnosticsPublisher
 from vla_policy_node.nodes.diagnostics import summarize, WARN
@@ -134,7 +135,7 @@ class SimAlohaNode(Node):
         self._reward_pub = self.create_publisher(Float64, params["reward_topic"], reliable)
         self._success_pub = self.create_publisher(Bool, params["success_topic"], reliable)
 
-        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+        JointGroupCommand, JointSingleCommand = interbotix.command_types()
         groups = self.robot.arm_group_indices()
         for arm in self.robot.arms:
             group = groups[arm]
