@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+import sys
 import time
 
 import numpy as np
@@ -326,5 +327,148 @@ def test_wall_clock_mode_streams_commands(robot, rclpy_context, spawn, tmp_path)
         assert driver.wait_for(publish_and_check, wall_timeout=20.0), executor.output()
         np.testing.assert_allclose(driver.last(group).cmd, target[7:13], atol=1e-5)
         assert executor.poll() is None
+    finally:
+        driver.close()
+
+
+# ---------------------------------------------------------------------- issue 11: attacker tests
+def test_hostile_joint_states_and_oversized_chunks_never_move_the_arm(robot, rclpy_context,
+                                                                      spawn, tmp_path):
+    """Joint states stamped 1970 (unset), then a pose far outside the limits (waist 50 rad,
+    gripper 10 rad): nothing is commanded and the status says why; chunks beyond the bounds
+    are rejected and counted. Before: the 1970 stamp started the ramp, and the ramp from
+    50 rad sent 332 of 333 commands outside the limits."""
+    from interbotix_xs_msgs.msg import JointGroupCommand
+
+    executor = start_executor(spawn, params_file(tmp_path))
+    driver = Driver(rclpy_context, robot)
+    group = "/follower_left/commands/joint_group"
+    driver.listen(JointGroupCommand, group)
+    try:
+        target = home(robot)
+        target[robot.joint_names.index("left_shoulder")] = 0.1
+        # 1. Unset (1970) header stamps on every joint state.
+        driver.pose = home(robot)
+        driver.stamp_offset = -1e9
+        assert driver.wait_for(lambda: (driver.publish_chunk(target) or True)
+                               and bool(driver.received["/vla/executor_status"])
+                               and driver.status.accepted_chunks > 0), executor.output()
+        driver.advance(1.0, chunk_every=0.25, target=target)
+        assert not driver.received[group]
+        status = driver.status
+        assert status.state == 0 and status.rejected_joint_states > 0
+        assert "1970" in status.last_rejection, status.last_rejection
+        assert "no joint state" in status.idle_reason, status.idle_reason
+
+        # 2. Fresh stamps, but a pose far outside the limits: refused, and said so.
+        driver.stamp_offset = 0.0
+        driver.pose = home(robot)
+        driver.pose[robot.joint_names.index("left_waist")] = 50.0
+        driver.pose[robot.joint_names.index("left_gripper")] = robot.normalize_gripper(10.0)
+        driver.advance(1.0, chunk_every=0.25, target=target)
+        assert not driver.received[group]
+        status = driver.status
+        assert status.state == 0 and status.refused_start_ticks > 0
+        assert "left_waist=50" in status.idle_reason, status.idle_reason
+        assert "refusing to start" in executor.output()
+
+        # 3. Chunks beyond the configured bounds: rejected whole, counted, with a reason.
+        bounds_before = status.rejected_chunks_bounds
+        slow = driver.chunk_msg(target, k=3)
+        slow.step_period.sec = 100_000
+        driver.chunk_pub.publish(slow)
+        driver.chunk_pub.publish(driver.chunk_msg(target, k=101))
+        driver.advance(0.3)
+        assert driver.status.rejected_chunks_bounds == bounds_before + 2
+        assert driver.status.remaining_horizon.sec < 2
+
+        # 4. The arm is back inside its limits: it starts, and every command is inside.
+        driver.pose = home(robot)
+        driver.advance(1.5, chunk_every=0.25, target=target)
+        commands = np.array([m.cmd for _, m in driver.received[group]])
+        assert len(commands) > 20, executor.output()
+        lo, hi = robot.position_min[:6], robot.position_max[:6]
+        assert np.all((commands >= lo - 1e-6) & (commands <= hi + 1e-6))
+        np.testing.assert_allclose(commands[-1], target[:6], atol=1e-5)
+        assert driver.status.idle_reason == ""
+        assert executor.poll() is None, executor.output()
+    finally:
+        driver.close()
+
+
+def left_commands(driver, topic: str, since: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """(times (N,), commands (N, 6)) received on ``topic`` after ``since`` (simulated s)."""
+    pairs = [(t, m.cmd) for t, m in driver.received[topic] if t > since]
+    return np.array([t for t, _ in pairs]), np.array([c for _, c in pairs])
+
+
+def test_policy_killed_holds_with_zero_motion_and_a_restarted_policy_resumes(
+        robot, rclpy_context, spawn, tmp_path):
+    """kill -9 of the policy process while chunks stream over DDS: the plan already received
+    plays out, the executor holds within horizon + stale_timeout (1.16 s) with zero motion;
+    a new policy process (ids from 1 again) takes over through the rate-limited ramp."""
+    from interbotix_xs_msgs.msg import JointGroupCommand
+    import signal
+
+    k, period, stale = 25, 0.04, 0.2
+    horizon = (k - 1) * period
+    executor = start_executor(spawn, params_file(tmp_path, stale_timeout=stale))
+    driver = Driver(rclpy_context, robot)
+    group = "/follower_left/commands/joint_group"
+    driver.listen(JointGroupCommand, group)
+    driver.pose = home(robot)
+    child = Path(__file__).parent / "ros_children" / "policy_stream.py"
+    policy_argv = [sys.executable, str(child), "/vla/action_chunk", str(k), str(period), "0.2",
+                   "0.1"]
+    policy = spawn(policy_argv, name="policy")
+    try:
+        assert driver.wait_for(lambda: bool(driver.received["/vla/executor_status"])
+                               and driver.status.state == 2, wall_timeout=30), \
+            executor.output() + policy.output()
+        driver.advance(1.0)
+        _, running = left_commands(driver, group, driver.sim - 0.5)
+        assert np.ptp(running[:, 1]) > 1e-3  # following the policy's moving target
+
+        policy.send_signal(signal.SIGKILL)
+        policy.process.wait(10)
+        killed = driver.sim
+        holding_at = None
+        for i in range(300):  # 3 s of simulated time
+            driver.step()
+            if holding_at is None and driver.status.state == 3:
+                holding_at = driver.sim
+            if i == 30:  # the status (10 Hz) has caught up with the last chunk sent
+                accepted = driver.status.accepted_chunks
+        assert holding_at is not None, executor.output()
+        # Status is published at 10 Hz and travels over DDS: 0.15 s of slack.
+        assert holding_at - killed <= horizon + stale + 0.15, holding_at - killed
+        times, after = left_commands(driver, group, killed)
+        moving = times[1:][np.any(np.diff(after, axis=0) != 0, axis=1)]
+        last_motion = moving[-1] if moving.size else killed
+        assert last_motion - killed <= horizon + 0.1, last_motion - killed
+        held = after[times >= holding_at]
+        assert len(held) > 50
+        assert np.all(held == held[0])  # zero motion while holding
+        assert driver.status.accepted_chunks == accepted  # nothing arrived since the kill
+        print(f"kill -9: motion ended {last_motion - killed:.2f} s and HOLDING "
+              f"{holding_at - killed:.2f} s after the kill (sim time)")
+
+        # A restarted policy numbers its chunks from 1 again: it takes over.
+        order_rejections = driver.status.rejected_chunks_order
+        restarted = driver.sim
+        spawn(policy_argv, name="policy_restarted")
+        assert driver.wait_for(lambda: driver.status.state == 2, wall_timeout=30), \
+            executor.output()
+        driver.advance(1.0)
+        assert driver.status.rejected_chunks_order == order_rejections
+        assert driver.status.accepted_chunks > accepted
+        _, resumed = left_commands(driver, group, restarted)
+        assert np.ptp(resumed[:, 1]) > 1e-3
+        # Smooth throughout: no step above the rate limit, before, across the kill and after.
+        _, every = left_commands(driver, group)
+        steps = np.abs(np.diff(every, axis=0))
+        bad = np.flatnonzero(np.any(steps > robot.max_velocity[:6] / RATE + 1e-6, axis=1))
+        assert not bad.size, [every[max(0, b - 1):b + 2].tolist() for b in bad[:3]]
+        assert executor.poll() is None, executor.output()
     finally:
         driver.close()
