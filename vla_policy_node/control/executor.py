@@ -255,7 +255,8 @@ class ExecutorCore:
                     f"rejected chunk {chunk.chunk_id}: {exc} "
                     f"(rejected so far: {self.counters.rejected_chunks})")
                 return ChunkVerdict(False, str(exc))
-            if new_sequence and self.counters.accepted_chunks:
+            if new_sequence and self.counters.accepted_chunks and (
+                    chunk.chunk_id <= self._last_chunk_id):
                 logger.info("chunk %d starts a new chunk sequence (the last one ended with "
                             "chunk %d): a restarted policy?", chunk.chunk_id,
                             self._last_chunk_id)
