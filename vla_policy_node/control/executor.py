@@ -477,9 +477,13 @@ class ExecutorCore:
             return False
         clamped = self.guard.start(measured)
         if clamped:
+            # Expected within the margin (e.g. a gripper resting just beyond its calibration).
             self.counters.clamped_commands += 1
-            logger.warning("start pose clamped into the position limits (within start_margin "
-                           "%g): %s", margin, list(clamped))
+            start = self.guard.last
+            index = {n: i for i, n in enumerate(self.limits.joint_names)}
+            logger.info("start pose clamped into the position limits (within start_margin %g): "
+                        "%s", margin, ", ".join(f"{n} {measured[index[n]]:.4g} -> "
+                                                f"{start[index[n]]:.4g}" for n in clamped))
         self._idle_reason = ""
         self._state = ExecutorState.RAMPING
         logger.info("start: ramping from the measured pose to the first target")
