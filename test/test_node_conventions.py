@@ -104,6 +104,10 @@ def test_param_dump_reloads_into_the_same_node_and_ctrl_c_is_quiet(
         for status_name, statuses in diagnostics.statuses.items():
             if status_name.startswith(f"{name}: "):
                 assert level(statuses[-1]) == OK, (status_name, statuses[-1].message)
+        if name == "vla_policy":  # the status line before any inference: no made-up values
+            assert wait_until(lambda: "waiting_for_instruction: 0 chunks" in first.output(),
+                              10.0), first.output()[-2000:]
+            assert "-1000" not in first.output()
         elapsed = interrupt_like_a_terminal(first)
         assert_quiet_exit(first, elapsed)
 
@@ -213,3 +217,15 @@ def test_executor_diagnostics_report_rejected_chunks(spawn, rclpy_context, diagn
     assert wait_until(lambda: len(diagnostics.statuses["chunk_executor: execution"])
                       >= count + 2, 10.0, diagnostics.spin)
     assert level(execution()) == OK
+
+
+def test_status_line_leaves_out_values_that_do_not_exist_yet():
+    from vla_msgs.msg import PolicyStatus
+    from vla_policy_node.nodes.vla_policy import status_line
+    idle = PolicyStatus(state="waiting_for_instruction", inference_latency_p50=-1.0,
+                        observation_age=-1.0)
+    assert status_line(idle) == "waiting_for_instruction: 0 chunks"
+    busy = PolicyStatus(state="ready", chunks_published=3, inference_latency_p50=0.12,
+                        observation_age=0.03, rejected_images=2)
+    assert status_line(busy) == ("ready: 3 chunks, latency p50 120 ms, observation age 30 ms, "
+                                 "rejected images/joints/instructions 2/0/0")

@@ -17,6 +17,7 @@ report (:class:`CounterDeltas`), so one old rejection does not leave a node WARN
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import logging
 from typing import Any, Callable, Mapping
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -101,3 +102,19 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+class NodeLog:
+    """A node's ROS logger behind the ``log(level, message)`` that
+    :class:`vla_policy_node.control.throttle.ThrottledLogger` writes to."""
+
+    def __init__(self, ros_logger: Any) -> None:
+        self._logger = ros_logger
+
+    def log(self, level: int, message: str) -> None:
+        if level >= logging.ERROR:
+            self._logger.error(message)
+        elif level >= logging.WARNING:
+            self._logger.warning(message)
+        else:
+            self._logger.info(message)

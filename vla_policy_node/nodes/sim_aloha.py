@@ -47,8 +47,9 @@ from std_srvs.srv import Trigger
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import seconds_to_time
+from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.diagnostics import Check, CounterDeltas, DiagnosticsPublisher
-from vla_policy_node.nodes.diagnostics import summarize, WARN
+from vla_policy_node.nodes.diagnostics import NodeLog, summarize, WARN
 from vla_policy_node.nodes.parameters import (
     declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
@@ -119,6 +120,7 @@ class SimAlohaNode(Node):
         self._next_seed: int | None = None if seed < 0 else seed
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._warnings = ThrottledLogger(NodeLog(self.get_logger()), 1.0)
         self.sim_time = 0.0
         self.counters = {"steps": 0, "group_commands": 0, "single_commands": 0,
                          "rejected_commands": 0, "frames": 0, "resets": 0}
@@ -161,10 +163,9 @@ class SimAlohaNode(Node):
     # ------------------------------------------------------------------ commands
     def _reject(self, arm: str, reason: str) -> None:
         self.counters["rejected_commands"] += 1
-        self.get_logger().warning(
-            f"rejected command for {arm}: {reason} "
-            f"({self.counters['rejected_commands']} rejected so far)",
-            throttle_duration_sec=1.0)
+        self._warnings.warning(
+            f"reject_{arm}", f"rejected command for {arm}: {reason} "
+            f"({self.counters['rejected_commands']} rejected so far)")
 
     def _on_group(self, arm: str, group: dict[str, Any], msg: Any) -> None:
         if msg.name != self.params["group_name"]:

@@ -34,8 +34,9 @@ from vla_policy_node.data.images import decode_image
 from vla_policy_node.model.family import reset_policy
 from vla_policy_node.nodes.conversions import (
     action_chunk_to_msg, duration_to_seconds, time_to_seconds)
+from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.diagnostics import (
-    Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
+    Check, CounterDeltas, DiagnosticsPublisher, ERROR, NodeLog, summarize, WARN)
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
 from vla_policy_node.nodes.parameters import robot_parameter_specs
 from vla_policy_node.nodes.runner import run_node
@@ -137,6 +138,8 @@ class VlaPolicyNode(Node):
                              rejected_joint_states=0, rejected_instructions=0,
                              inference_errors=0)
         self.latencies: deque[float] = deque(maxlen=200)
+        # Repeated warnings: the first at once, then a count per growing period.
+        self._warnings = ThrottledLogger(NodeLog(self.get_logger()), 2.0)
         self.last_age = -1.0
         self.last_skip_reason = ""
         self.state = "waiting_for_instruction"
@@ -229,7 +232,7 @@ class VlaPolicyNode(Node):
         with self._lock:
             self.counters[counter] += 1
             count = self.counters[counter]
-        self.get_logger().warning(f"{message} ({counter}: {count})", throttle_duration_sec=2.0)
+        self._warnings.warning(counter, f"{message} ({counter}: {count})")
 
     # --- inputs ---------------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any) -> None:
