@@ -70,6 +70,9 @@ def _release_files(policy, directory, drop=(), extra=None, alias_noise=False):
     for i in range(cfg.lm.num_layers):
         base[f"transformer.blocks.{i}.ln_1.weight"] = torch.randn(cfg.lm.hidden_size)
     torch.save(base, lang / "pytorch_model.bin")
+    (lang / "config.json").write_text(json.dumps(
+        {"d_model": cfg.lm.hidden_size, "n_layers": cfg.lm.num_layers,
+         "n_heads": cfg.lm.num_heads, "attn_qk_ln": True, "alibi": True}))
     # open_clip's ViT names (visual.*), in_proj as one (3W, W) block.
     v = "vision."
     clip = {"visual.class_embedding": s[v + "embeddings.class_embedding"],
@@ -158,6 +161,13 @@ def test_release_files_are_read_without_unpickling_code(source, tmp_path):
     with open(tmp_path / RELEASE_NAME, "wb") as handle:
         pickle.dump({"model_state_dict": Evil()}, handle, protocol=2)
     with pytest.raises(CheckpointError, match="weights_only"):
+        load_roboflamingo(tmp_path)
+
+
+def test_language_model_config_must_match(source, tmp_path):
+    _release_files(source, tmp_path)
+    (tmp_path / "lang" / "config.json").write_text(json.dumps({"d_model": 96, "n_layers": 4}))
+    with pytest.raises(CheckpointError, match="d_model: 96"):
         load_roboflamingo(tmp_path)
 
 

@@ -334,6 +334,31 @@ def release_config(path: Path) -> RoboFlamingoConfig:
         raise CheckpointError(f"{overrides}: {exc}") from None
 
 
+def check_lm_config(lang_dir: Path, config: RoboFlamingoConfig) -> None:
+    """Compare lang/config.json (when present) with the preset: a wrong LM fails here, not
+    as silently different numbers."""
+    path = lang_dir / "config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    spec = config.lm
+    expected = {("d_model", "hidden_size"): spec.hidden_size,
+                ("n_layers", "num_hidden_layers"): spec.num_layers,
+                ("n_heads", "num_attention_heads"): spec.num_heads}
+    if spec.kind == "gpt_neox":
+        expected[("use_parallel_residual",)] = spec.use_parallel_residual
+        expected[("rotary_pct",)] = spec.rotary_pct
+    wrong = []
+    for names, value in expected.items():
+        found = next((data[n] for n in names if n in data), None)
+        if found is not None and found != value:
+            wrong.append(f"{names[0]}: {found} (the model needs {value})")
+    if spec.kind == "mosaic_gpt" and data.get("attn_qk_ln") is False:
+        wrong.append("attn_qk_ln: false (MPT-1B as released uses QK-LayerNorm)")
+    if wrong:
+        raise CheckpointError(f"{path} does not match {config.name}: {'; '.join(wrong)}")
+
+
 def load_release(path: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
                  unnorm_key: str | None = None, seed: int = 0, strict: bool = True) -> Any:
     """A release directory (or the .pth inside one) -> RoboFlamingoPolicy with its
@@ -351,6 +376,7 @@ def load_release(path: str | os.PathLike, device: str = "cpu", dtype: str = "flo
     if not (lang_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory}: the language model directory lang/ with its "
                               "tokenizer.json is missing (see docs/roboflamingo.md)")
+    check_lm_config(lang_dir, config)
     tokenizer = FlamingoTokenizer.load(lang_dir)
     policy = build_roboflamingo(config, tokenizer, device, dtype, seed)
     model = policy.model

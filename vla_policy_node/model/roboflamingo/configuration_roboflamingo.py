@@ -106,7 +106,7 @@ class LanguageSpec:
     alibi_bias_max: int = 8
     layer_norm_eps: float = 1e-5
     rotary_pct: float = 1.0                 # gpt_neox
-    use_parallel_residual: bool = False     # gpt_neox (INFER for RedPajama-INCITE-3B)
+    use_parallel_residual: bool = False     # gpt_neox (RedPajama-INCITE-3B: false)
     xattn_heads: int = 8
     xattn_dim_head: int = 64
     xattn_ff_mult: int = 4
