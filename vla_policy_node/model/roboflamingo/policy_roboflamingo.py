@@ -143,12 +143,12 @@ class RoboFlamingoPolicy:
             with torch.inference_mode():
                 pooled = self.model.frame_features(inputs["pixel_values"], inputs["input_ids"],
                                                    inputs["attention_mask"])
-            cont, grip = self.step_features(pooled.float())
+            cont, grip = self.step_features(pooled)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        cont_np = cont.cpu().numpy().astype(np.float64)
-        grip_np = grip.cpu().numpy().astype(np.float64)
+        cont_np = cont.float().cpu().numpy().astype(np.float64)
+        grip_np = grip.float().cpu().numpy().astype(np.float64)
         if not (np.all(np.isfinite(cont_np)) and np.all(np.isfinite(grip_np))):
             raise FloatingPointError("the model produced non-finite actions")
         actions = self.processor.assemble_actions(cont_np, grip_np)
