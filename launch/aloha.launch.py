@@ -12,7 +12,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from vla_policy_node.launch_spec import LAUNCH_ARGUMENTS, node_descriptions
-from vla_policy_node.ros_env import default_dds_profile, PROFILE_VARIABLES
+from vla_policy_node.ros_env import PROFILE_VARIABLES, project_profile_variables
 
 
 def _nodes(context, *args, **kwargs):
@@ -31,9 +31,10 @@ def generate_launch_description():
                                      description=arg.description,
                                      **({'choices': list(arg.choices)} if arg.choices else {}))
                for arg in LAUNCH_ARGUMENTS]
-    # The project's Fast DDS profile (large shared memory for images) unless the user set one.
+    # The project's Fast DDS profile (large shared memory for images, localhost only) unless
+    # the user set one.
     if not any(var in os.environ for var in PROFILE_VARIABLES):
-        actions.append(SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE',
-                                              default_dds_profile()))
+        actions += [SetEnvironmentVariable(name, value)
+                    for name, value in project_profile_variables(os.environ).items()]
     actions.append(OpaqueFunction(function=_nodes))
     return LaunchDescription(actions)

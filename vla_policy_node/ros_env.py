@@ -7,23 +7,42 @@ import fcntl
 import os
 from pathlib import Path
 import random
-from typing import Iterator, MutableMapping
+from typing import Iterator, Mapping, MutableMapping
 
 from vla_policy_node.config import package_share_dir
 
 PROFILE_VARIABLES = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE")
+DISCOVERY_RANGE_VARIABLE = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 
 
 def default_dds_profile() -> str:
-    """Path of the project's Fast DDS profile (config/fastdds.xml)."""
+    """Path of the project's Fast DDS profile (config/fastdds.xml, localhost only)."""
     return str(package_share_dir() / "config" / "fastdds.xml")
+
+
+def network_dds_profile() -> str:
+    """Path of the profile for robots whose cameras or arms are on other computers."""
+    return str(package_share_dir() / "config" / "fastdds_network.xml")
+
+
+def project_profile_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables that make Fast DDS use config/fastdds.xml, and nothing else.
+
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST makes rmw_fastrtps add a UDP transport of its own
+    to the profile's, bound to 0.0.0.0 and to every interface; SYSTEM_DEFAULT leaves the
+    transports to the profile (which keeps everything on 127.0.0.1). OFF stays OFF.
+    """
+    variables = {"FASTRTPS_DEFAULT_PROFILES_FILE": default_dds_profile()}
+    if env.get(DISCOVERY_RANGE_VARIABLE) != "OFF":
+        variables[DISCOVERY_RANGE_VARIABLE] = "SYSTEM_DEFAULT"
+    return variables
 
 
 def apply_dds_profile(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Point Fast DDS at the project's profile unless the user chose one (set, even empty)."""
     env = os.environ if env is None else env
     if not any(var in env for var in PROFILE_VARIABLES):
-        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = default_dds_profile()
+        env.update(project_profile_variables(env))
     return env
 
 
@@ -65,6 +84,6 @@ def isolated_environment(domain: int, base: MutableMapping[str, str] | None = No
     for var in PROFILE_VARIABLES:
         env.pop(var, None)
     if dds_profile:
-        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = default_dds_profile()
+        env.update(project_profile_variables(env))
     env["PYTHONUNBUFFERED"] = "1"
     return env
