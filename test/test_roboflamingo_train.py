@@ -94,3 +94,43 @@ def test_resume_after_interruption_repeats_the_same_steps(dataset_dir: Path, bas
     resumed = train(config(dataset_dir, base, tmp_path / "b"), stop_after=5)
     assert resumed.resumed_from == 3 and resumed.losses[:3] == first.losses[:3]
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_two_cpu_processes_match_one_process(dataset_dir: Path, base: Path,
+                                                      tmp_path: Path) -> None:
+    """DDP (gloo) with the family's hooks: two ranks with half the global batch end at the
+    losses and weights of one process with the whole batch."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from vla_policy_node.train.loop import FINAL_DIR, LOG_FILE
+    out = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", "-m", "vla_policy_node.tools.finetune", str(dataset_dir), "--out", str(out),
+            "--base", str(base), "--steps", "3", "--batch-size", "1", "--lr", "3e-3",
+            "--weight-decay", "0.1", "--save-every", "0", "--val-every", "0", "--no-augment",
+            "--device", "cpu", "-q"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun did not finish\n{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    log = json.loads((out / LOG_FILE).read_text())
+    assert log["world_size"] == 2 and len(set(log["rank_weights_sha256"])) == 1
+    single = train(config(dataset_dir, base, tmp_path / "single", steps=3, lr=3e-3,
+                          save_every=0, augment=False))
+    np.testing.assert_allclose(log["losses"], single.losses, rtol=1e-4)
+    weights = load_file(out / FINAL_DIR / "model.safetensors")
+    for name, tensor in load_file(single.checkpoint / "model.safetensors").items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
