@@ -217,3 +217,23 @@ def test_discrete_loss_reads_each_rows_last_prompt_token(discrete):
                 [obs[i][0]], None, actions[i:i + 1], [obs[i][2]], augment=False)
             singles.append(float(discrete.model.compute_loss(single)))
     assert abs(both - np.mean(singles)) < 1e-5
+
+
+# ---------------------------------------------------------------------- LIBERO image chain
+def test_libero_chain_is_jpeg_lanczos_crop_of_the_256_render():
+    """LIBERO renders 256x256 (run_libero_eval: resize_image_for_policy, then the centre
+    crop): no PIL resize. Without the ALOHA pre-resize, a frame already 224x224 skips JPEG and
+    resize, as the policy server does (openvla_utils.py:700)."""
+    from vla_policy_node.data import images
+    rng = np.random.default_rng(0)
+    render = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    direct = images.tf_lanczos3_resize(images.jpeg_round_trip(render), 224)
+    side = float(np.sqrt(np.float32(0.9)))
+    top = float((np.float32(1) - np.float32(side)) / np.float32(2))
+    cropped = images.crop_and_resize(direct.astype(np.float32) * np.float32(1 / 255), top, top,
+                                     side, 224)
+    expected = (np.clip(cropped, 0, 1) * np.float32(255.5)).astype(np.uint8)
+    assert np.array_equal(images.prepare_policy_image(render), expected)
+    small = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    assert np.array_equal(images.prepare_policy_image(small, resize_size=0, center_crop=False),
+                          small)
