@@ -80,7 +80,7 @@ def chunk_parameters(rng: np.random.Generator, next_id: int,
     Half plausible (policy-like K, period, stamp and the next id, targets possibly far beyond
     the limits); half hostile (huge K or period, NaN/inf, old/future stamps, stale ids).
     """
-    scale = float(rng.choice([0.0, 0.05, 1.0, 5.0, 1e6]))
+    scale = float(rng.choice([0.0, 0.05, 1.0, 5.0, 1e6, 1e308]))
     if plausible or rng.random() < 0.5:
         k = int(rng.integers(2, 31))
         period = float(rng.choice([0.02, 0.04, 0.05]))
@@ -92,7 +92,7 @@ def chunk_parameters(rng: np.random.Generator, next_id: int,
               else float(10 ** rng.uniform(-4, 0.3)))
     actions = rng.uniform(-5.0, 5.0) + scale * rng.uniform(-1.0, 1.0, (k, ROBOT.dim))
     if rng.random() < 0.3:
-        actions[rng.integers(k), rng.integers(ROBOT.dim)] = SPECIAL[rng.integers(3)]
+        actions[rng.integers(k), rng.integers(ROBOT.dim)] = SPECIAL[rng.integers(7)]
     stamp = float(rng.choice([0.0, -0.1, -0.5, 0.2, 0.6, -3.0, -1e9]))
     chunk_id = int(rng.integers(0, 6)) if rng.random() < 0.9 else 2**64 - 1
     return actions, period, stamp, chunk_id

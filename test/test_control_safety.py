@@ -112,6 +112,10 @@ def test_command_guard_starts_clamped_and_bounds_every_step(robot, safety):
             assert np.all(np.abs(command - previous) <= step + 1e-12)
             previous = command
     np.testing.assert_array_equal(guard.hold(), previous)
+    # A non-finite target joint is held where it is and reported (counted as clamped).
+    held = guard.step(np.where(np.arange(robot.dim) == 2, np.inf, previous))
+    assert held.clamped == (robot.joint_names[2],)
+    np.testing.assert_array_equal(held.command, previous)
 
 
 def test_limits_validate_their_inputs():

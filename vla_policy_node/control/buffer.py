@@ -136,7 +136,7 @@ class ActionBuffer:
         first target is returned (a chunk stamped slightly ahead of this clock is still valid).
         Samples older than the one just before ``now`` are dropped.
         """
-        with self._lock:
+        with self._lock, np.errstate(over="ignore", invalid="ignore"):
             times = self._times
             if not times.size or now > times[-1]:
                 self._drop_before(now)
@@ -190,7 +190,9 @@ class ActionBuffer:
         # Keep the last past action so that "now" can be interpolated; drop the older ones.
         first = max(int(np.searchsorted(times, now, side="right")) - 1, 0)
         new_t, new_a = times[first:], actions[first:]
-        with self._lock:
+        # Absurd finite targets (~1e308) may overflow when merged: the result is inf/NaN in the
+        # plan, which the command guard holds and counts; no warning spam per chunk.
+        with self._lock, np.errstate(over="ignore", invalid="ignore"):
             old_t = self._times
             overlapped = 0
             strategy = self.merge.strategy

@@ -181,8 +181,9 @@ class CommandGuard:
     * consecutive commands differ by at most ``max_step`` per joint (up to float rounding);
     * the first command is within one ``max_step`` of the start pose clamped into the limits.
 
-    A target with a non-finite entry (which validation upstream already rejects) keeps that
-    joint where it is. Not thread-safe: the executor calls it under its lock.
+    A target with a non-finite entry (validation upstream rejects non-finite chunks, but merging
+    targets near 1e308 could overflow) keeps that joint where it is, reported as clamped. Not
+    thread-safe: the executor calls it under its lock.
     """
 
     def __init__(self, safety: SafetyFilter) -> None:
@@ -209,11 +210,17 @@ class CommandGuard:
         if self._last is None:
             raise RuntimeError("CommandGuard.step before start()")
         target = np.asarray(target, dtype=np.float64)
+        held: tuple[str, ...] = ()
         if target.shape == (self.safety.limits.dim,):
-            target = np.where(np.isfinite(target), target, self._last)
+            finite = np.isfinite(target)
+            if not finite.all():
+                # E.g. merged sums of huge targets overflowing: hold those joints, count them.
+                target = np.where(finite, target, self._last)
+                held = self.safety._names(~finite)
         safe = self.safety.apply(target, self._last)
         self._last = safe.command
-        return SafeCommand(safe.command.copy(), safe.clamped, safe.rate_limited)
+        clamped = safe.clamped + tuple(n for n in held if n not in safe.clamped)
+        return SafeCommand(safe.command.copy(), clamped, safe.rate_limited)
 
     def hold(self) -> np.ndarray | None:
         """(D,) the last command again (no motion), or None before :meth:`start`."""
