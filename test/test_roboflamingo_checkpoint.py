@@ -196,3 +196,38 @@ def test_our_format_round_trip(source, tmp_path):
     torch.save({"x": 1}, tmp_path / "ckpt" / "model.safetensors")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_roboflamingo(tmp_path / "ckpt")
+
+
+def test_openflamingo_base_directory_loads_with_a_fresh_head(source, tmp_path):
+    """Training starts from OpenFlamingo as released: checkpoint.pt (flat: perceiver.*,
+    lang_encoder.transformer.{wte, blocks.i.gated_cross_attn_layer.*}), the LM's own blocks
+    from lang/, CLIP from clip/; only the policy head is new (and reported as such)."""
+    _release_files(source, tmp_path)
+    (tmp_path / RELEASE_NAME).unlink()
+    s = source.model.state_dict()
+    cfg = source.config
+    flat = {k: v for k, v in s.items() if k.startswith("perceiver.")}
+    flat["lang_encoder.transformer.wte.weight"] = s["lang.wte.weight"]
+    lm = {"transformer.wte.weight": s["lang.wte.weight"],
+          "transformer.ln_f.weight": s["lang.ln_f.weight"]}
+    for i in range(cfg.lm.num_layers):
+        for key, value in s.items():
+            if key.startswith(f"lang.xattn.{i}."):
+                inner = key[len(f"lang.xattn.{i}."):]
+                flat[f"lang_encoder.transformer.blocks.{i}.gated_cross_attn_layer.{inner}"] = value
+            if key.startswith(f"lang.blocks.{i}."):
+                lm[f"transformer.blocks.{i}.{key[len(f'lang.blocks.{i}.'):]}"] = value
+    (tmp_path / "openflamingo").mkdir()
+    torch.save(flat, tmp_path / "openflamingo" / "checkpoint.pt")
+    torch.save(lm, tmp_path / "lang" / "pytorch_model.bin")
+    loaded = load_roboflamingo(tmp_path)
+    report = loaded.coverage
+    assert report.ok, report.format()
+    assert report.initialized and all(k.startswith("head.") for k in report.initialized)
+    mine = loaded.model.state_dict()
+    for key, value in s.items():
+        if not key.startswith("head."):
+            assert torch.equal(value, mine[key]), key
+    (tmp_path / "roboflamingo.json").unlink()
+    with pytest.raises(CheckpointError, match="naming the preset"):
+        load_roboflamingo(tmp_path)

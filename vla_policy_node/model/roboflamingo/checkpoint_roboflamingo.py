@@ -37,6 +37,7 @@ OUR_WEIGHTS = "model.safetensors"
 STATISTICS = "dataset_statistics.json"
 RELEASE_OVERRIDES = "roboflamingo.json"
 FORMAT_NAME = "vla_policy_node/roboflamingo"
+OPENFLAMINGO = "openflamingo/checkpoint.pt"
 RELEASED_LLMS = ("mpt_dolly_3b", "mpt_base_4b", "mpt_3b", "mpt_4b", "mpt_9b")
 
 
@@ -45,7 +46,8 @@ def is_roboflamingo_checkpoint(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.is_file():
         return path.suffix == ".pth"
-    return (path / OUR_CONFIG).is_file() or bool(_release_files(path))
+    return ((path / OUR_CONFIG).is_file() or bool(_release_files(path))
+            or (path / OPENFLAMINGO).is_file())
 
 
 # ====================================================================== our format
@@ -123,6 +125,7 @@ class CoverageReport:
     ignored: dict[str, str] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     shape_mismatches: list[str] = field(default_factory=list)
+    initialized: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -137,6 +140,9 @@ class CoverageReport:
         for reason in self.ignored.values():
             reasons[reason] = reasons.get(reason, 0) + 1
         lines.append(f"  ignored by design ({len(self.ignored)}): {reasons}")
+        if self.initialized:
+            lines.append(f"  freshly initialized (no file holds them; an OpenFlamingo base): "
+                         f"{len(self.initialized)} policy-head tensors")
         return "\n".join(lines)
 
     def raise_if_bad(self, where: str) -> None:
@@ -315,23 +321,39 @@ def release_config(path: Path) -> RoboFlamingoConfig:
         raise CheckpointError(f"{path}: cannot tell the language model from the file name "
                               f"(expected one of {RELEASED_LLMS}); add {RELEASE_OVERRIDES} "
                               "with a 'preset'")
-    config = get_preset(f"roboflamingo-{llm}")
     changes: dict[str, Any] = {}
     m = re.search(r"_ws_(\d+)", name)
     if m:
         changes["window"] = int(m[1])
     if "_pre_" in name:
         changes["fusion"] = "pre"
-    overrides = path.parent / RELEASE_OVERRIDES
-    if overrides.is_file():
-        data = json.loads(overrides.read_text())
-        if "preset" in data:
-            config = get_preset(data.pop("preset"))
-        changes.update(data)
+    return _with_overrides(get_preset(f"roboflamingo-{llm}"), path.parent, changes)
+
+
+def _with_overrides(config: RoboFlamingoConfig, directory: Path,
+                    changes: dict[str, Any]) -> RoboFlamingoConfig:
+    overrides = directory / RELEASE_OVERRIDES
     try:
+        if overrides.is_file():
+            data = json.loads(overrides.read_text())
+            if "preset" in data:
+                config = get_preset(data.pop("preset"))
+            changes = {**changes, **data}
         return config.replace(**changes) if changes else config
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{overrides}: {exc}") from None
+
+
+def base_config(directory: Path) -> RoboFlamingoConfig:
+    """An OpenFlamingo base directory (no RoboFlamingo .pth): the preset comes from
+    roboflamingo.json, e.g. {"preset": "roboflamingo-mpt_dolly_3b-aloha"}."""
+    overrides = directory / RELEASE_OVERRIDES
+    data = json.loads(overrides.read_text()) if overrides.is_file() else {}
+    if "preset" not in data:
+        raise CheckpointError(f"{directory}: an OpenFlamingo base directory needs "
+                              f"{RELEASE_OVERRIDES} naming the preset, e.g. "
+                              '{"preset": "roboflamingo-mpt_dolly_3b-aloha"}')
+    return _with_overrides(get_preset(data["preset"]), directory, {})
 
 
 def check_lm_config(lang_dir: Path, config: RoboFlamingoConfig) -> None:
@@ -367,11 +389,15 @@ def load_release(path: str | os.PathLike, device: str = "cpu", dtype: str = "flo
     path = Path(path)
     directory = path.parent if path.is_file() else path
     candidates = [path] if path.is_file() else _release_files(directory)
-    if len(candidates) != 1:
-        raise CheckpointError(f"{directory}: expected one RoboFlamingo .pth, found "
-                              f"{[p.name for p in candidates]}")
-    rf_file = candidates[0]
-    config = release_config(rf_file)
+    of_file = directory / OPENFLAMINGO
+    rf_file: Path | None = None
+    if candidates or not of_file.is_file():
+        if len(candidates) != 1:
+            raise CheckpointError(f"{directory}: expected one RoboFlamingo .pth (or an "
+                                  f"OpenFlamingo base {OPENFLAMINGO}), found "
+                                  f"{[p.name for p in candidates]}")
+        rf_file = candidates[0]
+    config = release_config(rf_file) if rf_file is not None else base_config(directory)
     lang_dir = directory / "lang"
     if not (lang_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{directory}: the language model directory lang/ with its "
@@ -424,14 +450,18 @@ def load_release(path: str | os.PathLike, device: str = "cpu", dtype: str = "flo
 
     for file in _weight_files(lang_dir):
         add(f"lang/{file.name}", _read_weights(file), lm_mapper)
-    of_file = directory / "openflamingo" / "checkpoint.pt"
     if of_file.is_file():
-        add(f"openflamingo/{of_file.name}", _read_weights(of_file),
+        add(OPENFLAMINGO, _read_weights(of_file),
             lambda k, v: map_release_key(k, v, kind, clip_prefix))
-    add(rf_file.name, _read_weights(rf_file),
-        lambda k, v: map_release_key(k, v, kind, clip_prefix))
+    if rf_file is not None:
+        add(rf_file.name, _read_weights(rf_file),
+            lambda k, v: map_release_key(k, v, kind, clip_prefix))
 
     report = coverage(model, merged, ignored, unexpected, conflicts)
+    if rf_file is None:
+        # Training starts from OpenFlamingo as released: the policy head is new.
+        report.initialized = [k for k in report.missing if k.startswith("head.")]
+        report.missing = [k for k in report.missing if not k.startswith("head.")]
     policy.coverage = report
     if strict:
         report.raise_if_bad(str(directory))
