@@ -235,3 +235,20 @@ def test_bf16_inference_is_as_close_as_the_references_own_bf16(expected, observa
         ours = max_diff(bf16.processor.unnormalize_actions(normalized), expected[f"{obs}_actions"])
         official = max_diff(expected[f"{obs}_actions_bf16_official"], expected[f"{obs}_actions"])
         assert ours <= 1.5 * official, (obs, ours, official)
+
+
+def test_pixel_normalization_comes_from_the_checkpoints_processor(tmp_path):
+    """The released openvla-7b preprocessor_config.json carries bf16-rounded ImageNet values;
+    the official processor applies what the file says, so do we."""
+    import shutil
+
+    from vla_policy_node.model.checkpoint import _find_components, official_config
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(CHECKPOINT, directory)
+    path = directory / "preprocessor_config.json"
+    raw = json.loads(path.read_text())
+    raw["tvf_normalize_params"][0]["mean"] = [0.484375, 0.455078125, 0.40625]
+    path.write_text(json.dumps(raw))
+    config = official_config(directory, _find_components(directory))
+    assert config.dino_mean == (0.484375, 0.455078125, 0.40625)
+    assert config.siglip_std == (0.5, 0.5, 0.5)

@@ -449,9 +449,29 @@ def official_config(directory: Path, components: Mapping[str, Path],
         changes.update(action_head="discrete", chunk_length=1, action_dim=7, proprio_dim=8,
                        use_proprio=False, use_film=False, camera_names=LIBERO_CAMERAS[:1],
                        normalization="bounds_q99")
+    changes.update(_pixel_normalization(directory))
     base = get_preset("tiny")
     changes.update(overrides or {})
     return base.replace(**changes)
+
+
+def _pixel_normalization(directory: Path) -> dict[str, Any]:
+    """Per-tower mean/std as the checkpoint's image processor applies them
+    (``tvf_normalize_params``, else ``means``/``stds`` of preprocessor_config.json; the
+    released openvla-7b file carries bf16-rounded ImageNet values, used as they are)."""
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    raw = json.loads(path.read_text())
+    params = raw.get("tvf_normalize_params")
+    if params and len(params) == 2:
+        means, stds = [p["mean"] for p in params], [p["std"] for p in params]
+    elif len(raw.get("means") or ()) == 2 and len(raw.get("stds") or ()) == 2:
+        means, stds = raw["means"], raw["stds"]
+    else:
+        return {}
+    return {"dino_mean": tuple(means[0]), "dino_std": tuple(stds[0]),
+            "siglip_mean": tuple(means[1]), "siglip_std": tuple(stds[1])}
 
 
 def _tokenizer_fields(directory: Path) -> dict[str, Any]:
