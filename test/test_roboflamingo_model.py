@@ -293,3 +293,61 @@ def test_released_sizes_reproduce_the_checkpoint_file_sizes(llm, released_gb):
     frozen_blocks = sum(p.numel() for p in blocks.parameters())
     estimate_gb = (3 * trainable + frozen_blocks) * 4 / 1e9
     assert abs(estimate_gb - released_gb) / released_gb < 0.025, estimate_gb
+
+
+def _head(window, k=1, head="lstm"):
+    from vla_policy_node.model.roboflamingo.modeling_roboflamingo import PolicyHead
+    config = get_preset("tiny-roboflamingo").replace(window=window, chunk_length=k, head=head,
+                                                    lstm_layers=2, lstm_hidden=8,
+                                                    mlp_dims=[8], lstm_dropout=0.0)
+    torch.manual_seed(window)
+    return PolicyHead(config).eval()
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(window=st.integers(1, 6), steps=st.integers(1, 16), resets=st.sets(st.integers(0, 15)),
+       seed=st.integers(0, 2**16))
+def test_history_rule_property(window, steps, resets, seed):
+    """Any window, any number of steps, resets anywhere: the output at every step is the
+    LSTM run from zero over the features since the last reset, at most the last `window`."""
+    from vla_policy_node.model.roboflamingo.policy_roboflamingo import HeadHistory
+    head = _head(window)
+    history = HeadHistory(head, window)
+    feats = torch.randn(steps, 1, 64, generator=torch.Generator().manual_seed(seed))
+    since_reset = []
+    for t in range(steps):
+        if t in resets:
+            history.reset()
+            since_reset = []
+        since_reset.append(feats[t])
+        cont, _ = history.step(feats[t])
+        with torch.no_grad():
+            out, _ = head.rnn(torch.stack(since_reset[-window:], dim=1), None)
+            expected = head.decode(out[:, -1])[0][0]
+        assert torch.allclose(cont, expected, atol=1e-5)
+        assert len(history) == min(len(since_reset), window)
+
+
+def test_mlp_head_has_no_history_and_chunk_head_predicts_k():
+    from vla_policy_node.model.roboflamingo.policy_roboflamingo import HeadHistory
+    history = HeadHistory(_head(3, k=4, head="mlp"), 3)
+    feats = torch.randn(5, 1, 64)
+    outs = [history.step(f)[0] for f in feats]
+    assert outs[0].shape == (4, 14)                      # K x continuous dims (ALOHA: all)
+    history.reset()
+    assert torch.allclose(history.step(feats[4])[0], outs[4])   # only the current frame
+
+
+def test_pre_fusion_concatenates_clip_tokens_before_one_perceiver_pass():
+    config = get_preset("tiny-roboflamingo").replace(fusion="pre", window=2)
+    model = build_roboflamingo(config, seed=0).model
+    pixels = torch.randn(1, 3, 3, 56, 56)
+    with torch.no_grad():
+        media = model.encode_images(pixels)
+        tokens = model.vision(pixel_values=pixels[0]).last_hidden_state[:, 1:]
+        expected = model.perceiver(tokens.reshape(1, -1, tokens.shape[-1]))
+    assert media.shape == (1, config.perceiver.num_latents, config.vision.width)
+    assert torch.allclose(media, expected, atol=1e-5)

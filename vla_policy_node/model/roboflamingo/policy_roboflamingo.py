@@ -25,12 +25,48 @@ from vla_policy_node.model.policy import build_context, InferenceResult, parse_d
 from vla_policy_node.model.processor import ObservationError
 from vla_policy_node.model.roboflamingo.configuration_roboflamingo import (
     get_preset, RoboFlamingoConfig)
-from vla_policy_node.model.roboflamingo.modeling_roboflamingo import (log_size,
+from vla_policy_node.model.roboflamingo.modeling_roboflamingo import (log_size, PolicyHead,
                                                                       RoboFlamingoModel)
 from vla_policy_node.model.roboflamingo.processor_roboflamingo import (
     build_tiny_flamingo_tokenizer, FlamingoTokenizer, RoboFlamingoProcessor)
 
 logger = logging.getLogger(__name__)
+
+
+class HeadHistory:
+    """The release's history rule around a :class:`PolicyHead` (one pooled feature per step):
+    LSTM state carried for the first ``window`` steps, then a re-run from zero over the last
+    ``window`` features. Not thread-safe (the policy holds its lock around it)."""
+
+    def __init__(self, head: PolicyHead, window: int) -> None:
+        self.head = head
+        self.window = window
+        self.reset()
+
+    def reset(self) -> None:
+        self.features: deque[torch.Tensor] = deque(maxlen=self.window)
+        self.state: Any = None
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @torch.inference_mode()
+    def step(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pooled (1, D) -> continuous (K, Dc) in [-1, 1], gripper probabilities (K, Nb)."""
+        head = self.head
+        self.features.append(pooled)
+        self.steps += 1
+        if head.rnn is None:
+            hidden = pooled
+        elif self.steps <= self.window:
+            out, self.state = head.rnn(pooled[:, None], self.state)
+            hidden = out[:, -1]
+        else:
+            out, _ = head.rnn(torch.stack(list(self.features), dim=1), None)
+            hidden = out[:, -1]
+        cont, grip = head.decode(hidden)
+        return cont[0], torch.sigmoid(grip[0])
 
 
 class RoboFlamingoPolicy:
@@ -87,7 +123,7 @@ class RoboFlamingoPolicy:
     @property
     def history_length(self) -> int:
         """Pooled features currently held (at most ``window``)."""
-        return len(self._features)
+        return len(self._history)
 
     def set_statistics(self, stats: Mapping[str, Any], unnorm_key: str | None = None) -> None:
         self.processor.set_statistics(stats, unnorm_key)
@@ -95,29 +131,14 @@ class RoboFlamingoPolicy:
     def reset(self) -> None:
         """Forget the history (features, LSTM state, step count, instruction)."""
         with self._lock:
-            self._features: deque[torch.Tensor] = deque(maxlen=self.config.window)
-            self._state: Any = None
-            self._steps = 0
+            self._history = HeadHistory(self.model.head, self.config.window)
             self._instruction: str | None = None
 
     # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
     def step_features(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Push one pooled feature (1, D) through the head with the history rule ->
         continuous (K, Dc) in [-1, 1], gripper probabilities (K, Nb)."""
-        head = self.model.head
-        self._features.append(pooled)
-        self._steps += 1
-        if head.rnn is None:
-            hidden = pooled
-        elif self._steps <= self.config.window:
-            out, self._state = head.rnn(pooled[:, None], self._state)
-            hidden = out[:, -1]
-        else:
-            out, _ = head.rnn(torch.stack(list(self._features), dim=1), None)
-            hidden = out[:, -1]
-        cont, grip = head.decode(hidden)
-        return cont[0], torch.sigmoid(grip[0])
+        return self._history.step(pooled)
 
     def infer(self, images: Mapping[str, np.ndarray], proprio: np.ndarray | None,
               instruction: str) -> InferenceResult:
@@ -137,8 +158,7 @@ class RoboFlamingoPolicy:
             if instruction.strip() != self._instruction:
                 if self._instruction is not None:
                     logger.info("instruction changed: history reset")
-                self._features.clear()
-                self._state, self._steps = None, 0
+                self._history.reset()
                 self._instruction = instruction.strip()
             with torch.inference_mode():
                 pooled = self.model.frame_features(inputs["pixel_values"], inputs["input_ids"],
