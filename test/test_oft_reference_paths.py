@@ -237,3 +237,31 @@ def test_libero_chain_is_jpeg_lanczos_crop_of_the_256_render():
     small = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     assert np.array_equal(images.prepare_policy_image(small, resize_size=0, center_crop=False),
                           small)
+
+
+def test_training_augmentation_follows_dlimps_single_draw():
+    """dlimp passes one seed to random_resized_crop and every colour op, so one uniform number
+    u sets them all: crop offset u * (1 - sqrt(0.9)) for rows AND columns, brightness
+    -0.2 + 0.4u, contrast/saturation 0.8 + 0.4u, hue -0.05 + 0.1u."""
+    from vla_policy_node.data import images
+
+    class Fixed:
+        def __init__(self, u):
+            self.u = u
+
+        def uniform(self, low, high, size=None):
+            return low + (high - low) * self.u
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    side = float(np.sqrt(np.float32(0.9)))
+    for u in (0.0, 0.37, 0.999):
+        ours = images.prepare_policy_image(frame, resize_size=0, augment=True, rng=Fixed(u))
+        offset = float(np.float32(u) * (np.float32(1) - np.float32(side)))
+        crop = images.crop_and_resize(frame.astype(np.float32) * np.float32(1 / 255), offset,
+                                      offset, side, 224)
+        jittered = images.color_jitter(np.clip(crop, 0, 1), u)
+        assert np.array_equal(ours, (np.clip(jittered, 0, 1) * np.float32(255.5)).astype(np.uint8))
+    dark = images.prepare_policy_image(frame, resize_size=0, augment=True, rng=Fixed(0.0))
+    bright = images.prepare_policy_image(frame, resize_size=0, augment=True, rng=Fixed(1.0))
+    assert dark.mean() + 20 < bright.mean()

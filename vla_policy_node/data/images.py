@@ -200,8 +200,8 @@ def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 #   3. Crop of 90% of the area (side sqrt(0.9)) resized back to 224 with the sampling grid of
 #      tf.image.crop_and_resize (bilinear): centred at inference (openvla_utils.py:546-626), at
 #      a random offset in training (random_resized_crop scale 0.9, ratio 1), then, in training,
-#      colour jitter; clip to [0, 1]; uint8 as convert_image_dtype(saturate=True): x * 255.5
-#      truncated.
+#      colour jitter (prismatic/vla/datasets/datasets.py:150-165, dlimp's augment_image); clip
+#      to [0, 1]; uint8 as convert_image_dtype(saturate=True): x * 255.5 truncated.
 JPEG_QUALITY = 95          # tf.image.encode_jpeg's default
 _LANCZOS_RADIUS = 3.0
 _TF_PI = np.float32(3.14159265359)   # the constant in TF's LanczosKernelFunc
@@ -314,17 +314,22 @@ def _to_uint8_saturate(pixels: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """OpenVLA's training colour augmentation on float32 RGB in [0, 1]: brightness +-0.2,
-    contrast [0.8, 1.2] about each channel's mean, saturation [0.8, 1.2] and hue +-0.05 of the
-    circle in HSV (the tf.image.random_* ops in that order)."""
-    image = image + np.float32(rng.uniform(-0.2, 0.2))
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    image = (image - mean) * np.float32(rng.uniform(0.8, 1.2)) + mean
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+def color_jitter(image: np.ndarray, u: float) -> np.ndarray:
+    """OpenVLA's training colour augmentation on float32 RGB in [0, 1], in its order, each op
+    clipped to [0, 1] as dlimp's augment_image does: brightness +-0.2, contrast [0.8, 1.2]
+    about each channel's mean, saturation [0.8, 1.2] and hue +-0.05 of the circle in HSV.
+
+    ``u`` in [0, 1) sets every factor: dlimp passes the same seed to each tf.image
+    stateless_random_* op, so they all scale one Philox draw (see prepare_policy_image)."""
+    f = np.float32
+    image = np.clip(image + f(-0.2 + 0.4 * u), 0.0, 1.0)
+    mean = image.mean(axis=(0, 1), keepdims=True, dtype=f)
+    image = np.clip((image - mean) * f(0.8 + 0.4 * u) + mean, 0.0, 1.0).astype(f)
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(rng.uniform(0.8, 1.2)), 0.0, 1.0)
-    hsv[..., 0] = (hsv[..., 0] + np.float32(rng.uniform(-0.05, 0.05)) * 360.0) % 360.0
+    hsv[..., 1] = np.clip(hsv[..., 1] * f(0.8 + 0.4 * u), 0.0, 1.0)
+    image = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0] + f(-0.05 + 0.1 * u) * f(360.0)) % f(360.0)
     return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
 
 
@@ -349,13 +354,18 @@ def prepare_policy_image(image: np.ndarray, image_size: int = 224, resize_size: 
         return np.ascontiguousarray(image)
     side = float(np.clip(np.sqrt(np.float32(crop_scale)), 0.0, 1.0))
     if augment:
+        # dlimp's random_resized_crop and the colour ops all draw from the same seed
+        # (dlimp/augmentations.py: one seed per image, passed to every op), so one uniform
+        # number sets the crop offset, equal for rows and columns (a crop on the diagonal),
+        # and every jitter factor. We reproduce that distribution.
         rng = rng if rng is not None else np.random.default_rng()
-        top, left = (float(v) for v in rng.uniform(0.0, 1.0 - side, size=2))
+        u = float(rng.uniform(0.0, 1.0))
+        top = left = float(np.float32(u) * (np.float32(1.0) - np.float32(side)))
     else:
         top = left = float((np.float32(1.0) - np.float32(side)) / np.float32(2.0))
     # convert_image_dtype(uint8 -> float32): x * (1 / 255) in float32.
     pixels = image.astype(np.float32) * np.float32(1.0 / 255.0)
     pixels = crop_and_resize(pixels, top, left, side, image_size)
     if augment:
-        pixels = color_jitter(pixels, rng)
+        pixels = color_jitter(np.clip(pixels, 0.0, 1.0), u)
     return _to_uint8_saturate(pixels)
