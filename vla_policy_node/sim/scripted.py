@@ -197,6 +197,33 @@ def _replanned(old: list[Waypoint], new: list[Waypoint], t: int) -> list[Waypoin
             + [w for w in new if w.t > t])
 
 
+#: Joint-space spring (N m/rad) pulling the forearm roll towards 0 while the mocap welds drive
+#: the arms near the wrist singularity. The ViperX wrist is roll-pitch-roll: where the wrist
+#: angle passes 0 only the sum of forearm roll and wrist rotate is fixed by the gripper pose,
+#: and without a preference the arm left that singularity either way, with the rolls near 0 or
+#: near +-pi (the "flipped" wrist, wrist angle negated): 23 of 50 transfer_cube demonstrations
+#: came out flipped. One pose in several joint-space forms is what an L1 head averages into
+#: nonsense. The spring picks the solution nearest the home pose; it fades out linearly by
+#: |wrist angle| = the task's band, where the welds alone fix the joints. Measured over seeds
+#: 0-49: a spring everywhere (or stiffer) made insertion grasps miss, which happen with the
+#: wrist angle at 0.1-0.2; band 0.25 leaves 2 transfer_cube seeds flipped, 0.4 none; insertion
+#: replays succeed 48/50 at 0.25 (46/50 at 0.4), with no flip either way.
+WRIST_ROLL_STIFFNESS = 10.0
+WRIST_SINGULAR_BAND = {"transfer_cube": 0.4, "insertion": 0.25}
+
+
+def _hold_wrist_rolls(sim: AlohaSim, stiffness: float, band: float) -> None:
+    """Apply the forearm-roll spring for the next step (a generalized force on the joint)."""
+    import mujoco
+    model, data = sim.model, sim.data
+    for arm in ("vx300s_left", "vx300s_right"):
+        roll, pitch = (mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, f"{arm}/{name}")
+                       for name in ("forearm_roll", "wrist_angle"))
+        near = max(0.0, 1.0 - abs(data.qpos[model.jnt_qposadr[pitch]]) / band)
+        data.qfrc_applied[model.jnt_dofadr[roll]] = (
+            -stiffness * near * data.qpos[model.jnt_qposadr[roll]])
+
+
 @dataclass
 class JointTrajectory:
     """A scripted demonstration as joint targets, ready to replay.
@@ -249,6 +276,7 @@ def plan_joint_trajectory(robot: RobotConfig, task: str, seed: int,
                 xyz, quat, gripper = interpolate(waypoints, t + 1)
                 poses[k, :3], poses[k, 3:] = xyz, quat
                 target[groups[k]["gripper_index"]] = gripper
+            _hold_wrist_rolls(sim, WRIST_ROLL_STIFFNESS, WRIST_SINGULAR_BAND[task])
             sim.step(target, mocap_poses=poses)
             # The arms' reached joints become the targets; the grippers keep their commands
             # (a blocked gripper must keep squeezing in the replay).
