@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 import re
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -25,7 +26,18 @@ EPILOG = f"""\
 output directory:
   {"OUT/" + STATE_DIR + "/":<22} resume states (the newest --keep-states; unmerged LoRA adapters)
   {"OUT/" + FINAL_DIR + "/":<22} the result, merged weights: the policy node's checkpoint parameter
-  {"OUT/" + LOG_FILE:<22} losses, validation losses, the settings
+  {"OUT/" + LOG_FILE:<22} losses, validation losses, the settings (at the end)
+  {"OUT/training_log.jsonl":<22} one line per step (loss, lr, samples/s), validation,
+  {"":<22} checkpoint and evaluation, written as training goes
+  {"OUT/best_checkpoint/":<22} with --eval-every: the best checkpoint by success rate
+  {"OUT/evals/":<22} with --eval-every: each evaluation's report, video and plot
+  {"OUT/image_cache/":<22} frames at the model's resolution (--cache-images)
+
+from scratch (no --base): every weight is trained (--lora-rank 0 is the default then);
+  e.g. --lr 3e-4 --lr-schedule cosine --warmup-steps 500 (see docs/learning.md).
+
+stopping: SIGINT (Ctrl-C) or SIGTERM ends the current step, saves a resume state and
+  OUT/checkpoint, and exits with 130 / 143; a second signal stops at once.
 
 resume: run the same command again after a crash or a kill; it continues from the newest
   state and repeats exactly the steps the killed run would have taken. --steps may grow; the
@@ -35,7 +47,8 @@ multi-GPU (DDP, one process per GPU, rank 0 writes everything):
   torchrun --nproc-per-node 4 -m vla_policy_node.tools.finetune DATA --out OUT ...
   --batch-size is per process: the global batch is batch-size x grad-accumulation x processes.
 
-exit status: 0 done; 1 the dataset or OUT cannot be used (the message says why);
+exit status: 0 done; 130 / 143 stopped by SIGINT / SIGTERM (state and checkpoint saved);
+  1 the dataset or OUT cannot be used (the message says why);
   2 bad command-line arguments."""
 
 
@@ -82,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "tiny-roboflamingo[-chunk], roboflamingo-mpt_dolly_3b[-aloha], ... "
                             "(trains its released set: LoRA options unused; recipe --lr 1e-4 "
                             "--weight-decay 0.1, see docs/roboflamingo.md)")
-    model.add_argument("--lora-rank", type=_int_at_least(0), default=32, metavar="R",
+    model.add_argument("--lora-rank", type=_int_at_least(0), default=None, metavar="R",
                        help="LoRA rank on every linear layer of the backbone; 0: train every "
-                            "weight (default: %(default)s, as OFT)")
+                            "weight, the from-scratch recipe (default: 32 with --base, as OFT; "
+                            "0 without --base: LoRA on a random backbone cannot learn)")
     model.add_argument("--lora-alpha", type=float, default=16.0, metavar="A",
                        help="LoRA alpha: the adapters are scaled by alpha/rank (default: "
                             "%(default)s, as OFT)")
@@ -103,7 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--grad-accumulation", type=_int_at_least(1), default=1, metavar="N",
                      help="micro-batches per optimizer step (default: %(default)s)")
     opt.add_argument("--lr", type=float, default=5e-4,
-                     help="AdamW learning rate (default: %(default)s, as OFT)")
+                     help="AdamW learning rate (peak; of the heads when --backbone-lr is "
+                          "given) (default: %(default)s, as OFT)")
+    opt.add_argument("--backbone-lr", type=float, default=None, metavar="LR",
+                     help="learning rate of the vision towers, projector and language model "
+                          "(or their LoRA adapters); the action head, proprio projector and "
+                          "FiLM keep --lr (default: --lr)")
+    opt.add_argument("--lr-schedule", choices=("step", "cosine"), default="step",
+                     help="step: x0.1 from --lr-decay-step (OFT); cosine: down to 1%% of the "
+                          "peak at --steps (default: %(default)s)")
+    opt.add_argument("--warmup-steps", type=_int_at_least(0), default=0, metavar="N",
+                     help="linear learning-rate warm-up over the first N steps (default: "
+                          "%(default)s)")
     opt.add_argument("--lr-decay-step", type=_int_at_least(0), default=0, metavar="STEP",
                      help="multiply the lr by 0.1 from this step on; 0: never (default: "
                           "%(default)s)")
@@ -129,6 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: %(default)s)")
     saves.add_argument("--val-batches", type=_int_at_least(1), default=4, metavar="N",
                        help="held-out batches per validation (default: %(default)s)")
+    saves.add_argument("--checkpoint-every", type=_int_at_least(0), default=0, metavar="N",
+                       help="also write OUT/checkpoint (the deployable result, merged) every "
+                            "N steps; it is always written at the end and when stopped by "
+                            "SIGINT/SIGTERM (default: %(default)s: not in between)")
+    saves.add_argument("--eval-every", type=_int_at_least(0), default=0, metavar="N",
+                       help="every N steps and at the end, write OUT/checkpoint and run "
+                            "vla-eval on it in the simulator; the best success rate is kept "
+                            "in OUT/best_checkpoint (default: %(default)s: never)")
+    saves.add_argument("--eval-episodes", type=_int_at_least(1), default=10, metavar="M",
+                       help="episodes per evaluation (default: %(default)s)")
+    saves.add_argument("--eval-task", choices=("transfer_cube", "insertion"),
+                       default="transfer_cube", help="simulated task of the evaluations "
+                                                     "(default: %(default)s)")
+    saves.add_argument("--eval-seed-start", type=_int_at_least(0), default=1_000_000,
+                       metavar="S", help="first evaluation seed, the same every time "
+                                         "(default: %(default)s; demonstrations use seeds "
+                                         "below 100000)")
+    saves.add_argument("--eval-max-steps", type=_int_at_least(0), default=0, metavar="N",
+                       help="simulated control steps per evaluation episode (default: the "
+                            "task's 400)")
     saves.add_argument("--merge-lora", action="store_true",
                        help="no effect, kept for old scripts: OUT/checkpoint always holds "
                             "merged weights, the adapters stay in OUT/train_state")
@@ -140,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                      help="bf16 autocast of the forward pass; weights and optimizer stay "
                           "float32 (default: on for CUDA, off for CPU)")
+    run.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=True,
+                     help="decode and resize every frame once to the model's resolution "
+                          "and train from that memory-mapped cache (OUT/image_cache, keyed by "
+                          "the episodes and the preprocessing; batches are byte-identical to "
+                          "decoding on the fly) (default: on)")
+    run.add_argument("--cache-dir", default="", metavar="DIR",
+                     help="where the image cache goes (default: OUT/image_cache)")
     run.add_argument("--threads", type=_int_at_least(0), default=0, metavar="N",
                      help="torch CPU threads; 0: torch's default (default: %(default)s)")
     run.add_argument("-q", "--quiet", action="store_true",
@@ -178,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     _check_paths(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lora_rank is None:
+        # A random backbone has nothing for low-rank adapters to adapt: train every weight.
+        args.lora_rank = 32 if args.base else 0
+        if not args.base and rank == 0:
+            logging.getLogger("vla-finetune").info(
+                "no --base: random %s weights, training every parameter (--lora-rank 0)",
+                args.preset)
+    elif args.lora_rank > 0 and not args.base and rank == 0:
+        logging.getLogger("vla-finetune").warning(
+            "LoRA (--lora-rank %d) on random weights: only the adapters and heads learn, the "
+            "random backbone stays; --lora-rank 0 trains from scratch", args.lora_rank)
     try:
         config = TrainConfig(
             data_dir=args.data_dir, output_dir=args.out, base=args.base, preset=args.preset,
@@ -189,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
             save_every=args.save_every, keep_states=args.keep_states,
             val_episodes=args.val_episodes, val_every=args.val_every,
             val_batches=args.val_batches, merge_lora=args.merge_lora,
-            unnorm_key=args.unnorm_key, seed=args.seed, device=args.device, bf16=args.bf16)
+            unnorm_key=args.unnorm_key, seed=args.seed, device=args.device, bf16=args.bf16,
+            backbone_lr=args.backbone_lr, lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
+            eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+            eval_task=args.eval_task, eval_seed_start=args.eval_seed_start,
+            eval_max_steps=args.eval_max_steps, cache_images=args.cache_images,
+            cache_dir=args.cache_dir)
     except ValueError as exc:
         # TrainConfig names its fields; the user typed options.
         parser.error(re.sub(r"^(\w+)", lambda m: "--" + m.group(1).replace("_", "-"),
@@ -220,6 +289,15 @@ def main(argv: list[str] | None = None) -> int:
           f"final loss {result.losses[-1]:.5f}; validation {result.val_losses}")
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
+    if result.best:
+        low, high = result.best["success_rate_ci95"]
+        print(f"best checkpoint: {Path(args.out) / 'best_checkpoint'} (step "
+              f"{result.best['step']}: success {result.best['successes']}/"
+              f"{result.best['episodes']}, 95% CI {low:.0%}-{high:.0%})")
+    if result.interrupted:
+        print(f"stopped by {signal.Signals(result.interrupted).name} at step {result.step}; "
+              f"run the same command again to continue")
+        return 128 + int(result.interrupted)
     return 0
 
 

@@ -12,12 +12,15 @@ sampler state to save.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
+import hashlib
+import inspect
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -63,6 +66,8 @@ class EpisodeDataset:
                 raise DatasetError(f"{path}: no instruction")
         lengths = np.array([len(e) for e in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
+        #: Frames already decoded and resized to the model's resolution (see ImageCache).
+        self.image_cache: ImageCache | None = None
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -86,7 +91,9 @@ class EpisodeDataset:
         """Images (camera -> (H, W, 3)), proprio (D,), actions (K, D), instruction."""
         e, t = self.locate(index)
         episode = self.episodes[e]
-        return {"images": episode.images(t, self.camera_names), "proprio": episode.qpos[t],
+        images = (self.image_cache.images(index) if self.image_cache is not None
+                  else episode.images(t, self.camera_names))
+        return {"images": images, "proprio": episode.qpos[t],
                 "actions": action_window(episode.action, t, self.chunk_length),
                 "instruction": episode.instruction}
 
@@ -150,3 +157,115 @@ def load_statistics(directory: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text())
     except ValueError as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+
+
+# ====================================================================== image cache
+CACHE_VERSION = 1
+
+
+def _chain():
+    # The policy's image chain (one function in training and deployment). Imported late: the
+    # cache must follow whatever that function becomes.
+    from vla_policy_node.data import images
+    return images
+
+
+def cacheable(processor: Any) -> bool:
+    """Whether ``processor`` runs the OFT image chain that :class:`ImageCache` splits."""
+    config = getattr(processor, "config", None)
+    return (hasattr(processor, "prepare_image") and hasattr(_chain(), "prepare_policy_image")
+            and all(hasattr(config, k) for k in ("image_size", "resize_size", "crop_scale",
+                                                   "center_crop")))
+
+
+def cached_stage(processor: Any, image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) frame -> (S, S, 3) uint8: the deterministic first part of the policy's image
+    chain (resize, JPEG round trip, resize to the model's size), what the cache stores."""
+    c = processor.config
+    return _chain().prepare_policy_image(image, c.image_size, c.resize_size, c.crop_scale,
+                                         center_crop=False, augment=False)
+
+
+def from_cached_stage(processor: Any) -> Any:
+    """A view of ``processor`` whose images are :func:`cached_stage` outputs: only the rest of
+    the chain runs (centre crop, or random crop + colour jitter in training), so a batch built
+    from cached frames equals, byte for byte, one built from the original frames."""
+    c = processor.config
+    view = copy.copy(processor)
+
+    def prepare_image(image: np.ndarray, augment: bool = False,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+        # resize_size 0 and an image already at image_size: the chain starts at the crop.
+        return _chain().prepare_policy_image(image, c.image_size, 0, c.crop_scale,
+                                             c.center_crop, augment, rng)
+    view.prepare_image = prepare_image
+    return view
+
+
+def cache_key(dataset: EpisodeDataset, processor: Any) -> tuple[str, dict[str, Any]]:
+    """(hex key, description): the episodes' files (name, size, mtime, frames) and every
+    setting of the cached stage, including the source of the image chain, so a changed file,
+    model resolution or preprocessing code never reads a stale cache."""
+    c = processor.config
+    description = {
+        "version": CACHE_VERSION,
+        "episodes": [[p.name, p.stat().st_size, p.stat().st_mtime_ns, len(e)]
+                     for p, e in zip(dataset.paths, dataset.episodes)],
+        "cameras": list(dataset.camera_names),
+        "image_size": int(c.image_size), "resize_size": int(c.resize_size),
+        "chain_sha256": hashlib.sha256(inspect.getsource(_chain()).encode()).hexdigest(),
+    }
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
+    return key, description
+
+
+class ImageCache:
+    """Every frame of a dataset after :func:`cached_stage`: decoded and resized once, then
+    memory-mapped (``(frames, cameras, S, S, 3)`` uint8 .npy). Building it decodes each image
+    once; a training step then reads S x S images instead of decoding and resizing camera
+    frames. Written to a temporary name and renamed: a killed build leaves no cache."""
+
+    def __init__(self, path: Path, camera_names: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.camera_names = tuple(camera_names)
+        self.frames = np.load(self.path, mmap_mode="r")
+
+    def images(self, index: int) -> dict[str, np.ndarray]:
+        row = self.frames[index]
+        return {c: row[i] for i, c in enumerate(self.camera_names)}
+
+    @classmethod
+    def path_for(cls, dataset: EpisodeDataset, processor: Any, directory: str | os.PathLike
+                 ) -> Path:
+        key, _ = cache_key(dataset, processor)
+        return Path(directory) / f"images_{key}.npy"
+
+    @classmethod
+    def build(cls, dataset: EpisodeDataset, processor: Any, directory: str | os.PathLike,
+              progress: Callable[[int], None] | None = None) -> "ImageCache":
+        """Open the cache of ``dataset`` in ``directory``, building it first if needed."""
+        key, description = cache_key(dataset, processor)
+        directory = Path(directory)
+        path = directory / f"images_{key}.npy"
+        if path.is_file():
+            return cls(path, dataset.camera_names)
+        directory.mkdir(parents=True, exist_ok=True)
+        size = int(processor.config.image_size)
+        shape = (len(dataset), len(dataset.camera_names), size, size, 3)
+        logger.info("caching %d frames x %d cameras at %dx%d in %s (%.1f GB)", shape[0],
+                    shape[1], size, size, path, np.prod(shape) / 1e9)
+        tmp = directory / f".images_{key}.npy.tmp"
+        frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        index = 0
+        for episode in dataset.episodes:
+            for t in range(len(episode)):
+                for j, camera in enumerate(dataset.camera_names):
+                    frames[index, j] = cached_stage(processor, episode.image(camera, t))
+                index += 1
+                if progress is not None:
+                    progress(1)
+        frames.flush()
+        del frames
+        os.replace(tmp, path)
+        (directory / f"images_{key}.json").write_text(json.dumps(description, indent=1))
+        return cls(path, dataset.camera_names)

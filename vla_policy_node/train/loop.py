@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 import pickle
 import shutil
+import signal
 import time
 from typing import Any, Callable, Mapping
 
@@ -35,8 +36,12 @@ import numpy as np
 import torch
 
 from vla_policy_node.data.stats import STATISTICS_FILE
-from vla_policy_node.train.dataset import (batch_indices, DatasetError, EpisodeDataset,
+from vla_policy_node.train.dataset import (batch_indices, cacheable, DatasetError,
+                                           EpisodeDataset, from_cached_stage, ImageCache,
                                            load_statistics, split_episodes)
+from vla_policy_node.train.recipe import (demo_seeds, evaluate_checkpoint, lr_factor,
+                                          parameter_groups, RunningLog, SCHEDULES, StopRequest,
+                                          write_provenance)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +55,10 @@ LOG_FILE = "training_log.json"
 # change between a run and its resume; the dataset is compared by content, not by path.
 RESUME_KEYS = ("base", "preset", "batch_size", "grad_accumulation", "lr", "lr_decay_step",
                "weight_decay", "lora_rank", "lora_alpha", "lora_dropout", "augment", "seed",
-               "val_episodes", "unnorm_key")
+               "val_episodes", "unnorm_key", "backbone_lr", "lr_schedule", "warmup_steps")
+# What states saved before a setting existed were trained with.
+RESUME_DEFAULTS = {"backbone_lr": None, "lr_schedule": "step", "warmup_steps": 0}
+BEST_DIR = "best_checkpoint"
 # Collectives wait this long: rank 0 alone writes states and merges the final checkpoint while
 # the others wait (a 7B merge and save takes minutes on a slow disk).
 DIST_TIMEOUT = datetime.timedelta(minutes=60)
@@ -108,17 +116,38 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     bf16: bool | None = None
+    backbone_lr: float | None = None
+    lr_schedule: str = "step"
+    warmup_steps: int = 0
+    checkpoint_every: int = 0
+    eval_every: int = 0
+    eval_episodes: int = 10
+    eval_task: str = "transfer_cube"
+    eval_seed_start: int = 1_000_000
+    eval_max_steps: int = 0
+    cache_images: bool = False
+    cache_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accumulation", "val_batches", "keep_states"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "save_every", "val_episodes", "val_every", "lr_decay_step"):
+        for name in ("lora_rank", "save_every", "val_episodes", "val_every", "lr_decay_step",
+                     "warmup_steps", "checkpoint_every", "eval_every", "eval_max_steps",
+                     "eval_seed_start"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.backbone_lr is not None and not (math.isfinite(self.backbone_lr)
+                                                 and self.backbone_lr > 0):
+            raise ValueError(f"backbone_lr must be > 0, got {self.backbone_lr}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if self.eval_every and self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.lora_rank > 0 and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
@@ -143,6 +172,9 @@ class TrainResult:
     seconds: float
     steps_per_second: float
     world_size: int = 1
+    #: The signal (SIGINT/SIGTERM) that stopped the run early, with its state and checkpoint.
+    interrupted: int | None = None
+    best: dict[str, Any] | None = None
 
 
 def uses_bf16(bf16: bool | None, device: str) -> bool:
@@ -302,9 +334,11 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _save_final(policy: Any, output_dir: Path) -> Path:
+def _save_final(policy: Any, output_dir: Path,
+                extra: Callable[[Path], None] | None = None) -> Path:
     """Write OUT/checkpoint through a temporary directory and renames: the policy node never
-    finds a half-written checkpoint, even when the run is killed while saving."""
+    finds a half-written checkpoint, even when the run is killed while saving. ``extra``
+    adds files to the directory before it is renamed into place (the provenance)."""
     final = output_dir / FINAL_DIR
     tmp = output_dir / f".{FINAL_DIR}.tmp"
     old = output_dir / f".{FINAL_DIR}.old"
@@ -312,6 +346,8 @@ def _save_final(policy: Any, output_dir: Path) -> Path:
         if leftover.exists():
             shutil.rmtree(leftover)
     policy.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
@@ -326,6 +362,8 @@ def check_resume(state: Mapping[str, Any], path: Path, config: TrainConfig, worl
     exactly: other optimization settings, another number of processes, other episodes."""
     saved = json.loads(state["config"])
     current = json.loads(json.dumps(asdict(config), default=str))
+    for key, default in RESUME_DEFAULTS.items():
+        saved.setdefault(key, default)
     changed = [f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in RESUME_KEYS
                if saved.get(key) != current[key]]
     advice = f"use another --out, or delete {path.parent} to start over"
@@ -357,7 +395,8 @@ def _all_reduce_sum(values: list[float], device: torch.device, world: int) -> li
 
 
 def validate(policy: Any, dataset: EpisodeDataset, config: TrainConfig,
-             autocast: Callable[[], Any], rank: int = 0, world: int = 1) -> float:
+             autocast: Callable[[], Any], rank: int = 0, world: int = 1,
+             processor: Any = None) -> float:
     """Mean loss (L1 on normalized actions for the L1 head) over ``val_batches`` fixed
     held-out batches; under DDP each rank computes every world-th batch (same result)."""
     model = policy.model
@@ -367,7 +406,7 @@ def validate(policy: Any, dataset: EpisodeDataset, config: TrainConfig,
         for i in range(rank, config.val_batches, world):
             indices = batch_indices(len(dataset), config.batch_size, config.seed + 7919, i)
             data = dataset.batch(indices)
-            batch = policy.processor.build_training_batch(
+            batch = (processor or policy.processor).build_training_batch(
                 data["images"], data["proprio"], data["actions"], data["instructions"],
                 augment=False, generator=config.seed)
             batch = {k: v.to(policy.device) for k, v in batch.items()}
@@ -377,6 +416,89 @@ def validate(policy: Any, dataset: EpisodeDataset, config: TrainConfig,
     model.train()
     total, count = _all_reduce_sum([total, float(count)], policy.device, world)
     return total / count
+
+
+def _image_cache(policy: Any, config: TrainConfig, output_dir: Path, rank: int, world: int,
+                 datasets: list[Any]) -> Any:
+    """Build (rank 0) and attach the image caches; the processor the batches go through."""
+    if not config.cache_images:
+        return policy.processor
+    if not (cacheable(policy.processor) and all(isinstance(d, EpisodeDataset)
+                                                for d in datasets)):
+        logger.info("image cache: not available for this model family, decoding on the fly")
+        return policy.processor
+    directory = Path(config.cache_dir) if config.cache_dir else output_dir / "image_cache"
+    if rank == 0:
+        from tqdm import tqdm
+        for data in datasets:
+            if ImageCache.path_for(data, policy.processor, directory).is_file():
+                continue
+            with tqdm(total=len(data), unit="frame", desc="caching images") as bar:
+                ImageCache.build(data, policy.processor, directory, bar.update)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    for data in datasets:
+        data.image_cache = ImageCache.build(data, policy.processor, directory)
+    return from_cached_stage(policy.processor)
+
+
+def _read_best(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / BEST_DIR / "eval.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoint_and_evaluate(policy: Any, config: TrainConfig, output_dir: Path, step: int,
+                             provenance: Callable[[Path], None], log: RunningLog,
+                             best: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OUT/checkpoint at this step (merged weights: a LoRA model is merged in a copy, the
+    training goes on with its adapters), then vla-eval on it when due."""
+    saved = policy
+    if config.lora_rank > 0 and getattr(policy, "lora_applied", False):
+        import copy
+
+        from vla_policy_node.model.lora import merge_lora
+        saved = copy.deepcopy(policy)
+        merge_lora(saved)
+    checkpoint = _save_final(saved, output_dir, provenance)
+    del saved
+    log.write(event="checkpoint", step=step, path=str(checkpoint))
+    if config.eval_every and step % config.eval_every == 0:
+        best = _evaluate(checkpoint, config, output_dir, step, log, best)
+    return best
+
+
+def _evaluate(checkpoint: Path, config: TrainConfig, output_dir: Path, step: int,
+              log: RunningLog, best: dict[str, Any] | None) -> dict[str, Any] | None:
+    """vla-eval on the checkpoint; a better success rate (ties: higher mean reward) becomes
+    OUT/best_checkpoint (copied through a temporary name, with its eval.json)."""
+    report = evaluate_checkpoint(checkpoint, output_dir / "evals" / f"step_{step:08d}",
+                                 config.eval_episodes, config.eval_task,
+                                 config.eval_seed_start, config.eval_max_steps or None,
+                                 config.device if config.device.startswith("cuda") else "")
+    if report is None:
+        log.write(event="eval_failed", step=step)
+        return best
+    report["step"] = step
+    log.write(event="eval", step=step, success_rate=report["success_rate"],
+              ci95=report["success_rate_ci95"], mean_max_reward=report["mean_max_reward"],
+              wall_seconds=report.get("eval_wall_seconds"))
+    logger.info("step %d: closed-loop success %d/%d (%s)", step, report["successes"],
+                report["episodes"], config.eval_task)
+    key = (report["success_rate"], report["mean_max_reward"])
+    if best is None or key > (best["success_rate"], best["mean_max_reward"]):
+        target, tmp = output_dir / BEST_DIR, output_dir / f".{BEST_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(checkpoint, tmp)
+        (tmp / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        best = report
+        log.write(event="best", step=step, success_rate=report["success_rate"])
+    return best
 
 
 def train(config: TrainConfig, progress: Callable[[int, float], None] | None = None,
@@ -435,6 +557,8 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                 "val": val_dataset.manifest() if val_dataset is not None else []}
     if state is not None:
         check_resume(state, state_path, config, world, episodes)
+    processor = _image_cache(policy, config, output_dir, rank, world,
+                             [dataset] + ([val_dataset] if val_dataset is not None else []))
     params = _select_trainable(policy, config)
     model = policy.model
     model.train()
@@ -446,13 +570,16 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                 config.batch_size * config.grad_accumulation * world)
     # A family may group its parameters (RoboFlamingo: weight decay on cross-attention only)
     # and shape the lr (RoboFlamingo: linear warmup).
+    # OFT models: heads at --lr, towers/projector/LLM at --backbone-lr when given.
     groups = (policy.optimizer_groups(config.lr, config.weight_decay)
-              if hasattr(policy, "optimizer_groups") else params)
+              if hasattr(policy, "optimizer_groups")
+              else parameter_groups(model, params, config.lr, config.backbone_lr,
+                                    FULLY_TRAINED))
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    decay = config.lr_decay_step or (config.steps + 1)
     warmup = getattr(policy, "lr_factor", lambda step: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup(step) * (1.0 if step < decay else 0.1))
+        optimizer, lambda step: warmup(step) * lr_factor(
+            step, config.lr_schedule, config.warmup_steps, config.steps, config.lr_decay_step))
     grad_clip = float(getattr(policy, "grad_clip", 0.0))
     start, losses, val_losses = 0, [], {}
     if state is not None:
@@ -487,59 +614,90 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
             model, device_ids=[torch.device(device).index] if cuda else None,
             find_unused_parameters=True)
     state_extra = {"world_size": world, "episodes": episodes}
-    started = time.perf_counter()
+    seeds = demo_seeds(train_paths + val_paths) if rank == 0 else []
+
+    def provenance(directory: Path) -> None:
+        write_provenance(directory, step, config, train_paths, val_paths, seeds)
+
+    log = RunningLog(output_dir, enabled=rank == 0)
+    log.write(event="start", resumed_from=start, steps=config.steps, world_size=world)
+    samples_per_step = config.batch_size * config.grad_accumulation * world
+    best: dict[str, Any] | None = _read_best(output_dir)
+    interrupted: int | None = None
+    started = step_started = time.perf_counter()
     step = start
     last = min(config.steps, stop_after) if stop_after is not None else config.steps
-    while step < last:
-        step += 1
-        # Dropout draws from torch's global generators (CPU and CUDA): seeded per step and
-        # rank, a resumed run repeats them exactly and the ranks draw different masks.
-        torch.manual_seed(_draw_seed(config.seed, step, 0, rank, 3))
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(config.grad_accumulation):
-            indices = batch_indices(len(dataset), config.batch_size, config.seed,
-                                    (step - 1) * config.grad_accumulation + micro, rank, world)
-            data = dataset.batch(indices)
-            batch = policy.processor.build_training_batch(
-                data["images"], data["proprio"], data["actions"], data["instructions"],
-                augment=config.augment,
-                generator=np.random.default_rng([config.seed, step, micro, rank, 1]))
-            batch = {k: v.to(policy.device) for k, v in batch.items()}
-            # DDP averages gradients in backward; skip that for all but the last micro-batch.
-            sync = (nullcontext() if world == 1 or micro == config.grad_accumulation - 1
-                    else forward.no_sync())
-            with sync:
-                # The diffusion head's noise and timesteps: per micro-batch and rank.
-                noise = torch.Generator().manual_seed(
-                    _draw_seed(config.seed, step, micro, rank, 2))
-                with autocast():
-                    loss = forward(batch, generator=noise) / config.grad_accumulation
-                loss.backward()
-            total += float(loss.detach())
-        # The mean over all processes: what is logged, and what every rank checks, so that a
-        # non-finite loss stops all of them together.
-        total = _all_reduce_sum([total], policy.device, world)[0] / world
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss became {total} at step {step}")
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(total)
-        if progress is not None and rank == 0:
-            progress(step, total)
-        if val_dataset is not None and config.val_every and (
-                step % config.val_every == 0 or step == config.steps):
-            val_losses[step] = validate(policy, val_dataset, config, autocast, rank, world)
-            logger.info("step %d: validation loss %.5f", step, val_losses[step])
-        if rank == 0 and config.save_every and step % config.save_every == 0 and (
-                step < config.steps):
-            _save_state(output_dir, step, model, optimizer, scheduler, config, losses,
-                        val_losses, state_extra)
+    stop_request = StopRequest().__enter__()
+    try:
+        while step < last:
+            step += 1
+            # Dropout draws from torch's global generators (CPU and CUDA): seeded per step and
+            # rank, a resumed run repeats them exactly and the ranks draw different masks.
+            torch.manual_seed(_draw_seed(config.seed, step, 0, rank, 3))
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(config.grad_accumulation):
+                indices = batch_indices(len(dataset), config.batch_size, config.seed,
+                                        (step - 1) * config.grad_accumulation + micro, rank, world)
+                data = dataset.batch(indices)
+                batch = processor.build_training_batch(
+                    data["images"], data["proprio"], data["actions"], data["instructions"],
+                    augment=config.augment,
+                    generator=np.random.default_rng([config.seed, step, micro, rank, 1]))
+                batch = {k: v.to(policy.device) for k, v in batch.items()}
+                # DDP averages gradients in backward; skip that for all but the last micro-batch.
+                sync = (nullcontext() if world == 1 or micro == config.grad_accumulation - 1
+                        else forward.no_sync())
+                with sync:
+                    # The diffusion head's noise and timesteps: per micro-batch and rank.
+                    noise = torch.Generator().manual_seed(
+                        _draw_seed(config.seed, step, micro, rank, 2))
+                    with autocast():
+                        loss = forward(batch, generator=noise) / config.grad_accumulation
+                    loss.backward()
+                total += float(loss.detach())
+            # The mean over all processes: what is logged, and what every rank checks, so that a
+            # non-finite loss stops all of them together.
+            total = _all_reduce_sum([total], policy.device, world)[0] / world
+            if not math.isfinite(total):
+                raise FloatingPointError(f"loss became {total} at step {step}")
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(total)
+            if progress is not None and rank == 0:
+                progress(step, total)
+            now = time.perf_counter()
+            log.write(step=step, loss=total, lr=scheduler.get_last_lr(),
+                      samples_per_second=round(samples_per_step / max(now - step_started,
+                                                                      1e-9), 2))
+            step_started = now
+            if val_dataset is not None and config.val_every and (
+                    step % config.val_every == 0 or step == config.steps):
+                val_losses[step] = validate(policy, val_dataset, config, autocast, rank, world,
+                                            processor)
+                logger.info("step %d: validation loss %.5f", step, val_losses[step])
+                log.write(step=step, val_loss=val_losses[step])
+            if rank == 0 and config.save_every and step % config.save_every == 0 and (
+                    step < config.steps):
+                _save_state(output_dir, step, model, optimizer, scheduler, config, losses,
+                            val_losses, state_extra)
+            if rank == 0 and step < config.steps and (
+                    (config.checkpoint_every and step % config.checkpoint_every == 0)
+                    or (config.eval_every and step % config.eval_every == 0)):
+                best = _checkpoint_and_evaluate(policy, config, output_dir, step, provenance,
+                                                log, best)
+            # Every rank stops at the same step (a signal may reach only some of them).
+            if _all_reduce_sum([float(stop_request.requested)], policy.device, world)[0]:
+                interrupted = stop_request.signal or signal.SIGTERM
+                logger.warning("stopped at step %d: saving a state and the checkpoint", step)
+                break
+    finally:
+        stop_request.__exit__()
     seconds = time.perf_counter() - started
     checkpoint = None
-    if step >= config.steps:
+    if step >= config.steps or interrupted:
         fingerprints = [weights_fingerprint(model)]
         if world > 1:
             import torch.distributed as dist
@@ -556,7 +714,11 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
                 from vla_policy_node.model.lora import merge_lora
                 merged = merge_lora(policy)
                 logger.info("merged %d LoRA layers into the final checkpoint", merged)
-            checkpoint = _save_final(policy, output_dir)
+            checkpoint = _save_final(policy, output_dir, provenance)
+            log.write(event="checkpoint", step=step, path=str(checkpoint),
+                      interrupted=bool(interrupted))
+            if config.eval_every and not interrupted:
+                best = _evaluate(checkpoint, config, output_dir, step, log, best)
             _write_text_atomic(output_dir / LOG_FILE, json.dumps(
                 {"losses": losses, "val_losses": val_losses, "resumed_from": start,
                  "world_size": world, "rank_weights_sha256": fingerprints,
@@ -574,9 +736,10 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
         dist.barrier()
         if own_group:
             dist.destroy_process_group()
+    log.close()
     dataset.close()
     if val_dataset is not None:
         val_dataset.close()
     done = step - start
     return TrainResult(step, start, losses, val_losses, checkpoint, seconds,
-                       done / seconds if seconds > 0 else 0.0, world)
+                       done / seconds if seconds > 0 else 0.0, world, interrupted, best)
