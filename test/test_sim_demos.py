@@ -69,6 +69,8 @@ def test_scripted_episode_through_ros_is_recorded_by_vla_record(spawn, tmp_path:
     assert report["successes"] == 1, (report, logs)
     [bag] = report["bags"]
     assert Path(bag).parent == bags and not (bags / ".partial").exists()
+    # The seed of each bag, for training provenance (evaluation seeds stay apart).
+    assert json.loads((bags / "sim_seeds.json").read_text()) == {Path(bag).name: 3}
     with BagReader(bag) as reader:
         contents = reader.contents()
     assert contents.custom_data["vla.success"] == "true"

@@ -87,3 +87,18 @@ def test_schedules():
     cosine = [lr_factor(s, "cosine", 2, 12, 0) for s in range(13)]
     assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[-1] == pytest.approx(0.01)
     assert all(a >= b for a, b in zip(cosine[2:], cosine[3:]))  # decreasing after warm-up
+
+
+def test_demo_seeds_from_bag_names_and_the_sim_demos_index(tmp_path: Path) -> None:
+    import h5py
+    from vla_policy_node.train.recipe import demo_seeds
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    (bags / "sim_seeds.json").write_text(json.dumps({"episode_3_20260101": 17}))
+    paths = []
+    for i, source in enumerate([tmp_path / "direct" / "transfer_cube_seed0042",
+                                bags / "episode_3_20260101", bags / "episode_9_unknown"]):
+        paths.append(tmp_path / f"e{i}.hdf5")
+        with h5py.File(paths[-1], "w") as f:
+            f.attrs["source_bag"] = str(source)
+    assert demo_seeds(paths) == [17, 42]

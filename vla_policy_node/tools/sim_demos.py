@@ -356,6 +356,23 @@ def node_set(config: str, out: Path, storage: str, task: str,
     return [sim, recorder]
 
 
+SEEDS_FILE = "sim_seeds.json"
+
+
+def record_seeds(out: Path, results: Sequence[EpisodeResult]) -> None:
+    """``OUT/sim_seeds.json``: bag name -> object placement seed, merged over runs, so training
+    can record which seeds its demonstrations used (vla-eval keeps evaluation seeds apart)."""
+    path = out / SEEDS_FILE
+    try:
+        seeds = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        seeds = {}
+    seeds.update({Path(r.bag).name: r.seed for r in results if r.bag})
+    tmp = path.with_name(f".{SEEDS_FILE}.tmp")
+    tmp.write_text(json.dumps(seeds, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Record the episodes through ROS; returns the report (see :func:`main`)."""
     from tqdm import tqdm
@@ -409,6 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if teleop is not None:
                 teleop.close()
             processes.stop()
+    record_seeds(out, results)
     n = len(results)
     return {
         "task": args.task,
