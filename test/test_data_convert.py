@@ -461,3 +461,35 @@ def test_a_commands_bag_without_metadata_yaml_names_the_action_source_option(
            "bag recorded the follower commands, pass --action-source commands)" in report.error
     [report] = convert_bags([bag], commands, tmp_path / "data")  # what --action-source does
     assert report.status == "converted", report.error
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_encoded_images_store_each_camera_frame_once(tmp_path: Path, fmt: str) -> None:
+    """A 10 Hz camera converted at 25 Hz: raw storage repeats pictures 2-3 times, encoded
+    storage keeps each once (plus an index) and decodes with the policy's decoder."""
+    bag = write_episode_bag(tmp_path / "bags" / "ep", SPEC,
+                            SyntheticEpisode(duration=2.0, seed=5, camera_rate_hz=10.0))
+    [raw] = convert_bags([bag], SPEC, tmp_path / "raw")
+    [encoded] = convert_bags([bag], SPEC, tmp_path / fmt, ConvertOptions(compression=fmt))
+    assert raw.status == encoded.status == "converted", encoded.error
+    import h5py
+    with h5py.File(tmp_path / fmt / "ep.hdf5", "r") as f, Episode(tmp_path / "raw" /
+                                                                 "ep.hdf5") as plain:
+        frames = len(plain)
+        distinct = len({plain.image("cam_high", t).tobytes() for t in range(frames)})
+        pictures = f["observations/images/cam_high"]
+        assert pictures.attrs["encoding"] == fmt
+        assert len(pictures) == distinct < frames * 0.6  # 10 of 25 frames per second are new
+        assert f["observations/image_index/cam_high"].shape == (frames,)
+    with Episode(tmp_path / fmt / "ep.hdf5") as ep, Episode(tmp_path / "raw" /
+                                                            "ep.hdf5") as plain:
+        for t in range(frames):
+            for camera in SPEC.camera_names:
+                a, b = ep.image(camera, t), plain.image(camera, t)
+                assert a.shape == b.shape and a.dtype == np.uint8
+                if fmt == "png":  # lossless
+                    np.testing.assert_array_equal(a, b)
+                else:
+                    assert np.abs(a.astype(int) - b.astype(int)).mean() < 4.0
+    size = lambda d: sum(p.stat().st_size for p in (tmp_path / d).glob("*.hdf5"))  # noqa: E731
+    assert size(fmt) < size("raw") / 2

@@ -46,7 +46,7 @@ from vla_policy_node.data.bags import (
     TopicMessages)
 from vla_policy_node.data.cdr import (
     CdrError, header_stamps, parse_compressed_image, parse_image, parse_joint_states)
-from vla_policy_node.data.episodes import EpisodeWriter, write_json_atomic
+from vla_policy_node.data.episodes import COMPRESSIONS, EpisodeWriter, write_json_atomic
 from vla_policy_node.data.images import decode_image, ImageDecodeError
 from vla_policy_node.data.spec import ACTION_SOURCES, DataSpec
 from vla_policy_node.data.stats import compute_statistics, STATISTICS_FILE, write_statistics
@@ -78,7 +78,8 @@ class ConvertOptions:
         only_success: skip episodes not marked successful.
         image_size: (H, W) to resize frames to (cv2 INTER_AREA); None keeps the camera size,
             so the model's own preprocessing sees the same pixels as on the robot.
-        compression: None, "lzf" or "gzip" for the image datasets.
+        compression: None, "lzf" or "gzip" for raw image datasets; "jpeg" or "png": each
+            distinct frame stored once, encoded (see :mod:`vla_policy_node.data.episodes`).
         dataset_name: key of dataset_statistics.json.
         force: convert again even when the manifest says the bag is unchanged.
         action_source_from_bag: a bag that records its action source (``vla-record`` writes
@@ -99,8 +100,9 @@ class ConvertOptions:
             if len(self.image_size) != 2 or min(self.image_size) <= 0:
                 raise ValueError(f"image_size must be (H, W) > 0, got {self.image_size}")
             self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
-        if self.compression not in (None, "lzf", "gzip"):
-            raise ValueError(f"compression must be None, lzf or gzip, got {self.compression!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be None, lzf, gzip, jpeg or png, got "
+                             f"{self.compression!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.dataset_name):
             raise ValueError(f"dataset_name must be a simple name, got {self.dataset_name!r}")
 
@@ -668,8 +670,9 @@ class _FrameBuffer:
     def put(self, frame: int, image: np.ndarray) -> None:
         segment = int(np.searchsorted(self.offsets, frame, side="right") - 1)
         writer = self.writers[segment]
-        if writer.compression is None:
-            # Uncompressed: one raw chunk per frame, straight from the decoded view.
+        if writer.compression is None or writer.encodes_images:
+            # Uncompressed: one raw chunk per frame, straight from the decoded view. Encoded:
+            # each frame by itself, so a picture used by several frames is stored once.
             self.flush()
             writer.write_image(self.camera, frame - int(self.offsets[segment]), image)
             return

@@ -6,6 +6,11 @@ Layout (T frames at ``rate_hz``, D joints, cameras in model order)::
     /observations/qvel            (T, D) float64  follower velocities (zeros when not recorded)
     /observations/effort          (T, D) float64  follower efforts (zeros when not recorded)
     /observations/images/<cam>    (T, H, W, 3) uint8 RGB, one HDF5 chunk per frame
+                                  or, encoded (compression jpeg/png): (N,) variable-length
+                                  uint8, one JPEG/PNG per distinct frame (attrs encoding,
+                                  height, width), with
+    /observations/image_index/<cam>  (T,) int32: the row of images/<cam> each frame shows
+                                  (a 10 Hz camera at 25 Hz stores each picture once)
     /action                       (T, D) float64  commanded positions (grippers normalized)
     /timestamp                    (T,) float64    reference clock, seconds (ROS time)
     attrs: sim, instruction, success, rate_hz, joint_names, camera_names, source, ...
@@ -22,6 +27,20 @@ import h5py
 import numpy as np
 
 FORMAT_VERSION = 1
+#: Image storage: raw uint8 (optionally lzf/gzip-compressed by HDF5), or encoded pictures.
+COMPRESSIONS = (None, "lzf", "gzip", "jpeg", "png")
+ENCODED = ("jpeg", "png")
+JPEG_QUALITY = 90
+
+
+class _Encoded:
+    """An encoded picture as the shared decoder (``decode_image``) takes it: what a
+    sensor_msgs/CompressedImage carries."""
+
+    __slots__ = ("format", "data")
+
+    def __init__(self, fmt: str, data: np.ndarray) -> None:
+        self.format, self.data = fmt, data
 
 
 class EpisodeError(ValueError):
@@ -36,15 +55,28 @@ class EpisodeWriter:
         num_frames: T.
         joint_names: the D joint names.
         camera_names: cameras in model order.
-        compression: None, "lzf" or "gzip" for the image datasets.
+        compression: None, "lzf" or "gzip" for raw image datasets; "jpeg" or "png" stores
+            each distinct frame once, encoded (a frame written again as the same array
+            object, e.g. a 10 Hz camera resampled at 25 Hz, only gets an index entry).
+        jpeg_quality: JPEG quality (1-100).
     """
 
     def __init__(self, path: str | os.PathLike, num_frames: int, joint_names: Sequence[str],
-                 camera_names: Sequence[str], compression: str | None = None) -> None:
+                 camera_names: Sequence[str], compression: str | None = None,
+                 jpeg_quality: int = JPEG_QUALITY) -> None:
         if num_frames <= 0:
             raise EpisodeError(f"an episode needs at least one frame, got {num_frames}")
-        if compression not in (None, "lzf", "gzip"):
-            raise EpisodeError(f"compression must be none, lzf or gzip, got {compression!r}")
+        if compression not in COMPRESSIONS:
+            raise EpisodeError(f"compression must be none, lzf, gzip, jpeg or png, got "
+                               f"{compression!r}")
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise EpisodeError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        self.jpeg_quality = int(jpeg_quality)
+        # Encoded storage: per camera the pictures, the frame -> picture index, and the last
+        # picture written (a repeat of the same array is not encoded again).
+        self._encoded: dict[str, list[np.ndarray]] = {}
+        self._index: dict[str, np.ndarray] = {}
+        self._last: dict[str, tuple[Any, int]] = {}
         self.path = Path(path)
         self.num_frames = num_frames
         self.dim = len(joint_names)
@@ -83,6 +115,51 @@ class EpisodeWriter:
         self._file.create_dataset("action", data=np.asarray(action, np.float64))
         self._file.create_dataset("timestamp", data=np.asarray(timestamp, np.float64))
 
+    @property
+    def encodes_images(self) -> bool:
+        """Images are stored encoded (JPEG/PNG), one per distinct frame."""
+        return self.compression in ENCODED
+
+    def _write_encoded(self, camera: str, index: int, image: np.ndarray) -> None:
+        if camera not in self.camera_names:
+            raise EpisodeError(f"unknown camera {camera!r}; cameras: {self.camera_names}")
+        if not 0 <= index < self.num_frames:
+            raise EpisodeError(f"frame {index} outside 0..{self.num_frames - 1}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise EpisodeError(f"camera {camera!r}: expected (H, W, 3) uint8, got "
+                               f"{image.dtype} {image.shape}")
+        shape = self._frame_shapes.setdefault(camera, image.shape)
+        if image.shape != shape:
+            raise EpisodeError(f"camera {camera!r} changed size from {shape[:2]} to "
+                               f"{image.shape[:2]} within the episode")
+        pictures = self._encoded.setdefault(camera, [])
+        rows = self._index.setdefault(camera, np.full(self.num_frames, -1, np.int32))
+        last = self._last.get(camera)
+        if last is not None and last[0] is image:
+            row = last[1]
+        else:
+            from vla_policy_node.data.images import encode_compressed
+            pictures.append(np.frombuffer(encode_compressed(
+                image, self.compression, self.jpeg_quality), np.uint8))
+            row = len(pictures) - 1
+            self._last[camera] = (image, row)  # holds the array: its identity stays unique
+        if rows[index] < 0:
+            self._written[camera] += 1
+        rows[index] = row
+
+    def _flush_encoded(self) -> None:
+        for camera, pictures in self._encoded.items():
+            h, w = self._frame_shapes[camera][:2]
+            dataset = self._images.create_dataset(
+                camera, shape=(len(pictures),), dtype=h5py.vlen_dtype(np.uint8))
+            for row, picture in enumerate(pictures):
+                dataset[row] = picture
+            dataset.attrs.update(encoding=self.compression, height=h, width=w)
+            self._file.create_dataset(f"observations/image_index/{camera}",
+                                      data=self._index[camera])
+        self._encoded.clear()
+
     def write_image(self, camera: str, index: int, image: np.ndarray) -> None:
         """Write one (H, W, 3) uint8 frame of ``camera`` at row ``index``.
 
@@ -91,6 +168,9 @@ class EpisodeWriter:
         an image that is still a view into the message buffer (about 2x faster than a
         slice assignment, and conversion is bound by these writes).
         """
+        if self.encodes_images:
+            self._write_encoded(camera, index, image)
+            return
         dataset = self._datasets.get(camera)
         if self.compression is not None or dataset is None or not (
                 isinstance(image, np.ndarray) and image.dtype == np.uint8
@@ -111,6 +191,10 @@ class EpisodeWriter:
     def write_images(self, camera: str, start: int, images: np.ndarray) -> None:
         """Write (N, H, W, 3) uint8 frames of ``camera`` at rows ``start:start+N``."""
         images = np.asarray(images)
+        if self.encodes_images and images.ndim == 4:
+            for i, image in enumerate(images):
+                self._write_encoded(camera, start + i, image)
+            return
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise EpisodeError(
                 f"camera {camera!r}: expected (N, H, W, 3) uint8, got "
@@ -144,6 +228,8 @@ class EpisodeWriter:
 
     def close(self) -> None:
         if self._file.id.valid:
+            if self._encoded:
+                self._flush_encoded()
             self._file.close()
 
     def missing_images(self) -> dict[str, int]:
@@ -187,6 +273,7 @@ class Episode:
             self.joint_names = (tuple(json.loads(self.attrs["joint_names"]))
                                 if "joint_names" in self.attrs else None)
             self.instruction = str(self.attrs.get("instruction", ""))
+            self._image_rows: dict[str, np.ndarray] = {}
             self.success = self.attrs.get("success")
         except Exception:
             self._file.close()
@@ -206,13 +293,29 @@ class Episode:
             self._file.close()
 
     def image(self, camera: str, index: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB frame ``index`` of ``camera``."""
+        """(H, W, 3) uint8 RGB frame ``index`` of ``camera`` (encoded pictures are decoded by
+        the decoder the policy node uses for CompressedImage messages)."""
         try:
             dataset = self._file["observations/images"][camera]
         except KeyError:
             raise EpisodeError(
                 f"{self.path}: no camera {camera!r}; has {list(self.camera_names)}") from None
-        return dataset[index]
+        encoding = dataset.attrs.get("encoding")
+        if encoding is None:
+            return dataset[index]
+        rows = self._image_rows.get(camera)
+        if rows is None:
+            rows = self._image_rows[camera] = self._file[
+                f"observations/image_index/{camera}"][()]
+        row = int(rows[index])
+        if row < 0:
+            raise EpisodeError(f"{self.path}: camera {camera!r} has no picture for frame "
+                               f"{index}")
+        from vla_policy_node.data.images import decode_image, ImageDecodeError
+        try:
+            return decode_image(_Encoded(str(encoding), dataset[row]))
+        except ImageDecodeError as exc:
+            raise EpisodeError(f"{self.path}: camera {camera!r} frame {index}: {exc}") from None
 
     def images(self, index: int, cameras: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Camera -> (H, W, 3) frame ``index``."""

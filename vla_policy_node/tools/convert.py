@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip episodes not marked successful")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="resize frames (default: keep the camera size)")
-    parser.add_argument("--compression", choices=("none", "lzf", "gzip"), default="none",
-                        help="HDF5 compression of the images")
+    parser.add_argument("--compression", choices=("jpeg", "png", "none", "lzf", "gzip"),
+                        default="jpeg",
+                        help="image storage: jpeg (quality 90) or png store each distinct "
+                             "frame once, encoded (a 10 Hz camera at --rate 25 is not "
+                             "repeated); none/lzf/gzip store raw (T, H, W, 3) arrays, every "
+                             "frame, as ACT's HDF5 (default: jpeg)")
     parser.add_argument("--dataset-name", default="aloha",
                         help="key of dataset_statistics.json (the policy's unnorm_key)")
     parser.add_argument("--force", action="store_true", help="convert unchanged bags again")
