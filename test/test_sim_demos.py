@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 import sys
@@ -18,10 +19,13 @@ from vla_policy_node.sim.demos import write_scripted_bag
 CAMERAS = {"cam_high": "top", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
 
 
-def test_scripted_transfer_bag_converts_with_instruction_and_success(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["raw", "compressed"])
+def test_scripted_transfer_bag_converts_with_instruction_and_success(tmp_path: Path,
+                                                                     transport: str) -> None:
     spec = DataSpec.from_file(action_source="commands")
+    recorded = dataclasses.replace(spec, camera_transports=(transport,) * 3)
     with AlohaSim(spec.robot, SimConfig(camera_height=48, camera_width=64)) as sim:
-        ok = write_scripted_bag(tmp_path / "bag", spec, sim, "transfer_cube", 0, CAMERAS,
+        ok = write_scripted_bag(tmp_path / "bag", recorded, sim, "transfer_cube", 0, CAMERAS,
                                 camera_rate_hz=10.0)
     assert ok
     with BagReader(tmp_path / "bag") as reader:
@@ -29,7 +33,8 @@ def test_scripted_transfer_bag_converts_with_instruction_and_success(tmp_path: P
     # 400 steps at 50 Hz: joint states and commands every step, images at 10 Hz.
     assert contents.topics["/follower_left/joint_states"].count == 400
     assert contents.topics["/follower_right/commands/joint_single"].count == 400
-    assert contents.topics["/cam_high/camera/color/image_rect_raw"].count == 80
+    suffix = "/compressed" if transport == "compressed" else ""
+    assert contents.topics["/cam_high/camera/color/image_rect_raw" + suffix].count == 80
     assert contents.custom_data["vla.success"] == "true"
     report = convert_bag(tmp_path / "bag", spec, tmp_path / "out")
     assert report.status == "converted", report.error
@@ -37,6 +42,10 @@ def test_scripted_transfer_bag_converts_with_instruction_and_success(tmp_path: P
     assert report.success is True
     assert report.duration == pytest.approx(8.0, abs=0.2)
     assert report.frames > 150 and report.dropped_frames == 0
+    # The configuration names raw topics: a JPEG bag converts through the /compressed sibling.
+    from vla_policy_node.data.episodes import Episode
+    with Episode(tmp_path / "out" / report.outputs[0]) as episode:
+        assert episode.image("cam_high", 40).shape == (48, 64, 3)
 
 
 def test_scripted_bag_needs_command_actions(tmp_path: Path) -> None:

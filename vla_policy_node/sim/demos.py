@@ -12,6 +12,7 @@ bag's metadata). ``vla-convert`` turns them into training data like any recorded
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 from vla_policy_node.config import default_config_path, load_node_params, RobotConfig
 from vla_policy_node.data.bags import (
     BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
+from vla_policy_node.data.episodes import JPEG_QUALITY
+from vla_policy_node.data.images import encode_compressed
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.sim.aloha_sim import AlohaSim, INSTRUCTIONS, SimConfig, SimError, TASKS
 from vla_policy_node.sim.scripted import (
@@ -65,6 +68,7 @@ def write_scripted_bag(path: str | os.PathLike, spec: DataSpec, sim: AlohaSim, t
         Group = types["interbotix_xs_msgs/msg/JointGroupCommand"]
         Single = types["interbotix_xs_msgs/msg/JointSingleCommand"]
         String, Bool = types["std_msgs/msg/String"], types["std_msgs/msg/Bool"]
+        Compressed = types["sensor_msgs/msg/CompressedImage"]
         for topic, msgtype in topics.items():
             bag.add_topic(topic, msgtype)
 
@@ -94,7 +98,13 @@ def write_scripted_bag(path: str | os.PathLike, spec: DataSpec, sim: AlohaSim, t
             for name, topic, transport in zip(spec.camera_names, spec.camera_topics,
                                               spec.camera_transports):
                 image = step.images.get(camera_map[name])
-                if image is None or transport != "raw":
+                if image is None:
+                    continue
+                if transport == "compressed":  # as image_transport's compressed plugin
+                    bag.write(topic + "/compressed", ns, Compressed(
+                        header=header(ns, f"{name}_color_optical_frame"), format="jpeg",
+                        data=np.frombuffer(encode_compressed(image, "jpeg", JPEG_QUALITY),
+                                           np.uint8)))
                     continue
                 h, w = image.shape[:2]
                 bag.write(topic, ns, Image(
@@ -124,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     parser.add_argument("--keep-failures", action="store_true",
                         help="keep bags of failed episodes (marked unsuccessful)")
+    parser.add_argument("--raw-images", action="store_true",
+                        help="record sensor_msgs/Image (raw RGB) instead of JPEG "
+                             "CompressedImage on <camera topic>/compressed")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
@@ -133,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_node_params(args.config, "sim_aloha")
     robot = RobotConfig.from_params(params)
     spec = DataSpec.from_file(args.config, action_source="commands")
+    spec = dataclasses.replace(spec, camera_transports=(
+        "raw" if args.raw_images else "compressed",) * len(spec.camera_names))
     config = SimConfig.from_params({**params, "task": args.task})
     camera_map = dict(zip(params["cameras.names"], params["cameras.sim_names"]))
     out = Path(args.out)

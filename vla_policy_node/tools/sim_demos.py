@@ -339,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wall seconds for the simulator and recorder to come up")
     parser.add_argument("--direct", action="store_true",
                         help="no ROS: simulate and write the bags in this process")
+    parser.add_argument("--raw-images", action="store_true",
+                        help="--direct: record raw sensor_msgs/Image frames instead of JPEG "
+                             "CompressedImage (quality 90) on <camera topic>/compressed, "
+                             "about 10x smaller (through ROS the bags hold what sim_aloha "
+                             "publishes: raw frames)")
     return parser
 
 
@@ -454,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         forwarded = ["--out", args.out, "--task", args.task, "--episodes", str(args.episodes),
                      "--first-seed", str(args.first_seed), "--config", args.config,
                      "--storage", args.storage] + (["--keep-failures"] if args.keep_failures
-                                                   else [])
+                                                   else []) + (
+            ["--raw-images"] if args.raw_images else [])
         return demos.main(forwarded)
     try:
         report = run(args)
