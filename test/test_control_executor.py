@@ -461,3 +461,40 @@ def test_a_restarted_policy_takes_over_once_the_plan_has_run_out(robot, caplog):
     core.resume()
     assert core.submit_chunk(chunk(robot, now, home(robot), chunk_id=1), now=now).accepted
     assert core.counters.rejected_chunks_order == 0
+
+
+def test_a_replayed_old_chunk_is_rejected_even_after_the_plan_ran_out(robot):
+    core = make_core(robot)
+    feed_joint_states(core, robot, home(robot), now=0.0)
+    assert core.submit_chunk(chunk(robot, 0.0, home(robot), k=50, chunk_id=4), now=0.0).accepted
+    assert core.submit_chunk(chunk(robot, 0.1, home(robot), chunk_id=5), now=0.1).accepted
+    n = 0
+    while core.state is not ExecutorState.HOLDING:
+        core.tick(n * DT)
+        n += 1
+    # Chunk 4 (K = 50) still reaches beyond now, but it is older than the last one accepted.
+    verdict = core.submit_chunk(chunk(robot, 0.0, home(robot) + 0.3, k=50, chunk_id=4),
+                                now=n * DT)
+    assert not verdict.accepted and "out of order" in verdict.reason
+    assert core.counters.rejected_chunks_order == 1
+
+
+def test_a_clock_jump_back_clears_the_plan_and_holds(robot, caplog):
+    """A simulation restarted (/clock back to 0): the old plan belongs to the old time line."""
+    core = make_core(robot)
+    feed_joint_states(core, robot, home(robot), now=100.0)
+    target = home(robot) + 0.05
+    assert core.submit_chunk(chunk(robot, 100.0, target, k=50, chunk_id=30), now=100.0).accepted
+    for n in range(20):
+        held = core.tick(100.0 + n * DT)
+    with caplog.at_level(logging.WARNING, logger="vla_policy_node.control.executor"):
+        np.testing.assert_array_equal(core.tick(1.0), held)
+    assert any("clock jumped back" in r.getMessage() for r in caplog.records)
+    assert len(core.buffer) == 0
+    np.testing.assert_array_equal(core.tick(1.0 + DT), held)
+    assert core.state is ExecutorState.HOLDING
+    # A policy on the new time line (ids from 1) takes over through the ramp.
+    assert core.submit_chunk(chunk(robot, 1.04, home(robot), chunk_id=1), now=1.04).accepted
+    first = core.tick(1.04)
+    assert core.state is ExecutorState.RAMPING
+    assert np.all(np.abs(first - held) <= robot.max_velocity / RATE + 1e-12)

@@ -217,6 +217,7 @@ class ExecutorCore:
         self._lock = threading.RLock()
         self._state = ExecutorState.IDLE
         self._last_target_time: float | None = None
+        self._last_tick: float | None = None
         self._last_stamp: float | None = None
         self._last_chunk_id = 0
         self._sequence = False  # a chunk sequence is open: ids must increase
@@ -287,27 +288,32 @@ class ExecutorCore:
     def _check_order(self, chunk: ActionChunk, now: float) -> bool:
         """Reject a chunk out of sequence (lock held); True if it starts a new sequence.
 
-        A sequence lasts while its plan does: until ``stale_timeout`` after its last planned
-        action (when the executor holds), or until stop/reset. Within it, ids must increase
-        strictly (a repeated or lower id is a duplicate, a replay or a second producer) and
-        stamps must not decrease. After it, any id is accepted: a restarted policy numbers
-        its chunks from 1 again and takes over once the old plan has run out.
+        Stamps never go back (until stop/reset or a clock jump back). A sequence lasts while
+        its plan does: until ``stale_timeout`` after its last planned action (when the
+        executor holds), or until stop/reset. Within it, ids must increase strictly (a repeated
+        or lower id is a duplicate, a replay or a second producer). After it, a lower id is
+        accepted with a newer stamp: a restarted policy numbers its chunks from 1 again and
+        takes over once the old plan has run out.
         """
         end = self.buffer.end_time()
         self._sequence = self._sequence and end is not None and (
             now <= end + self.config.stale_timeout)
-        if not self._sequence:
-            return True
-        if chunk.chunk_id <= self._last_chunk_id:
-            raise _Rejected(
-                f"id not after the last accepted chunk {self._last_chunk_id}: duplicate, replay "
-                f"or a second producer (a restarted policy is accepted once the current plan "
-                f"has run out)", "rejected_chunks_order")
         if self._last_stamp is not None and chunk.stamp < self._last_stamp:
             raise _Rejected(
                 f"stamp {chunk.stamp:.3f} s is older than the last accepted chunk's "
                 f"({self._last_stamp:.3f} s): out of order", "rejected_chunks_order")
-        return False
+        if chunk.chunk_id > self._last_chunk_id:
+            return not self._sequence
+        if self._sequence:
+            raise _Rejected(
+                f"id not after the last accepted chunk {self._last_chunk_id}: duplicate, replay "
+                f"or a second producer (a restarted policy is accepted once the current plan "
+                f"has run out)", "rejected_chunks_order")
+        if self._last_stamp is not None and chunk.stamp <= self._last_stamp:
+            raise _Rejected(
+                f"id not after the last accepted chunk {self._last_chunk_id} and stamp not "
+                f"newer than its: a replay", "rejected_chunks_order")
+        return True
 
     def reject_chunk(self, chunk_id: int, reason: str) -> ChunkVerdict:
         """Count and log a chunk that failed before it became an ActionChunk (bad message)."""
@@ -415,6 +421,7 @@ class ExecutorCore:
         """
         with self._lock:
             self.counters.ticks += 1
+            self._check_clock(now)
             state = self._state
             if state in (ExecutorState.PAUSED, ExecutorState.STOPPED):
                 if state is ExecutorState.PAUSED:
@@ -448,6 +455,24 @@ class ExecutorCore:
                 logger.info("ramp done: running")
             self.counters.commands += 1
             return safe.command
+
+    def _check_clock(self, now: float) -> None:
+        """After the clock jumped back (a simulation restarted), forget the plan (lock held).
+
+        Its times, and the last chunk's stamp, belong to the old time line: played on the new
+        one, the plan's first target would be held until time caught up. Holding is safe and
+        the next chunk (any id, any fresh stamp) ramps from the held command.
+        """
+        last, self._last_tick = self._last_tick, now
+        if last is None or now >= last - self.config.stale_timeout:
+            return
+        logger.warning("clock jumped back by %.3f s: plan and chunk sequence cleared, holding",
+                       last - now)
+        self.buffer.clear()
+        self._last_stamp = None
+        self._sequence = False
+        if self._last_target_time is not None:
+            self._last_target_time = now - self.config.stale_timeout  # hold at once
 
     def _start(self, now: float) -> bool:
         """Seed the guard with the measured pose, if it is fresh and inside the limits up to
