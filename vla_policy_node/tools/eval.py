@@ -111,15 +111,20 @@ class Evaluator(SimDriver):
     """Drives the episodes: executor and simulator services, success, oracle chunks."""
 
     def __init__(self, context: Any, robot: RobotConfig, sim_params: dict[str, Any],
-                 executor_node: str = "chunk_executor") -> None:
+                 executor_node: str = "chunk_executor",
+                 policy_node: str | None = "vla_policy") -> None:
         self._active = False
         self._t0 = math.nan
         self.success_time: float | None = None
         self._oracle: np.ndarray | None = None
         self._oracle_id = 0
-        super().__init__(context, robot, sim_params, node_name="vla_eval", extra_clients={
-            "executor_reset": f"/{executor_node}/reset",
-            "executor_resume": f"/{executor_node}/resume"})
+        clients = {"executor_reset": f"/{executor_node}/reset",
+                   "executor_resume": f"/{executor_node}/resume"}
+        if policy_node:
+            # Policies with history (RoboFlamingo) start every episode from an empty one.
+            clients["policy_reset"] = f"/{policy_node}/reset"
+        super().__init__(context, robot, sim_params, node_name="vla_eval",
+                         extra_clients=clients)
 
     def _setup(self) -> None:
         from vla_msgs.msg import ActionChunk as ActionChunkMsg
@@ -322,7 +327,8 @@ def run(args: argparse.Namespace, seeds: list[int], note: str) -> dict[str, Any]
                         if args.videos > 0 else None)
             spinner = threading.Thread(target=_spin, args=(monitor,), daemon=True)
             spinner.start()
-            driver = Evaluator(context, robot, sim_params)
+            driver = Evaluator(context, robot, sim_params,
+                               policy_node=None if args.oracle else "vla_policy")
             try:
                 driver.wait_for_graph(args.startup_timeout)
             except DemoError as exc:
@@ -436,6 +442,8 @@ def _episode(driver: Evaluator, monitor: Any, recorder: _EpisodeRecorder | None,
 
     driver.trigger("executor_reset")
     driver.set_episode(task, seed)
+    if oracle is None:
+        driver.trigger("policy_reset")
     reset_time = driver.sim_time
     # The first chunk of the episode must come from its own images: wait until the cameras
     # have published twice since the reset, then for a chunk predicted after that.
