@@ -254,6 +254,9 @@ def test_trainable_set_is_the_released_one(policy):
     named = dict(policy.model.named_parameters())
     assert id(named["lang.xattn.0.attn.to_q.weight"]) in decayed
     assert id(named["lang.xattn.0.attn_gate"]) not in decayed
+    assert id(named["lang.xattn.0.attn.norm.weight"]) not in decayed
+    assert id(named["lang.xattn.0.ff.0.weight"]) in decayed      # by name, as released
+    assert id(named["lang.xattn.0.ff.0.bias"]) not in decayed
     assert id(named["lang.wte.weight"]) not in decayed
 
 

@@ -185,14 +185,15 @@ class RoboFlamingoPolicy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups of the release: weight decay only on cross-attention weights
-        (not gates, norms or biases), none elsewhere."""
+        """AdamW groups of the release (train_calvin.py get_grouped_params): weight decay on
+        cross-attention parameters whose name has no gate, "norm" or "bias", none elsewhere.
+        By name, as released: the FF's LayerNorm weight (``ff.0.weight``) is decayed."""
         decay, plain = [], []
         for name, param in self.model.trainable_named_parameters():
             if not param.requires_grad:
                 continue
             wd = ".xattn." in f".{name}" and not any(
-                t in name for t in ("gate", "norm", "bias", ".ff.0."))
+                t in name for t in ("gate", "norm", "bias"))
             (decay if wd else plain).append(param)
         return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
                 {"params": plain, "weight_decay": 0.0, "lr": lr}]
