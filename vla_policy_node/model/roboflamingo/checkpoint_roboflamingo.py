@@ -321,12 +321,10 @@ def release_config(path: Path) -> RoboFlamingoConfig:
         raise CheckpointError(f"{path}: cannot tell the language model from the file name "
                               f"(expected one of {RELEASED_LLMS}); add {RELEASE_OVERRIDES} "
                               "with a 'preset'")
-    changes: dict[str, Any] = {}
+    # As eval_ckpts.py parses it: "post" or else "pre" fusion; window after "ws", else 8.
     m = re.search(r"_ws_(\d+)", name)
-    if m:
-        changes["window"] = int(m[1])
-    if "_pre_" in name:
-        changes["fusion"] = "pre"
+    changes: dict[str, Any] = {"window": int(m[1]) if m else 8,
+                               "fusion": "post" if "post" in name else "pre"}
     return _with_overrides(get_preset(f"roboflamingo-{llm}"), path.parent, changes)
 
 
