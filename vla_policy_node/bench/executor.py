@@ -13,6 +13,7 @@ is below the chunk horizon (and the policy asks early enough: demand horizon > l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -121,12 +122,9 @@ def run_scenario(robot: RobotConfig, base_config: ExecutorConfig, rate: float, l
     The control loop runs on its own thread, as in the node, at SCHED_FIFO ``priority``
     (0: normal scheduling).
     """
-    config = ExecutorConfig(control_rate_hz=rate, merge=base_config.merge,
-                            realtime_priority=priority,
-                            stale_timeout=base_config.stale_timeout,
-                            joint_state_timeout=base_config.joint_state_timeout,
-                            max_future_stamp=base_config.max_future_stamp,
-                            log_interval=max(base_config.log_interval, 5.0))
+    # Every configured rule (merge, timeouts, chunk bounds) as the node would run it.
+    config = dataclasses.replace(base_config, control_rate_hz=rate, realtime_priority=priority,
+                                 log_interval=max(base_config.log_interval, 5.0))
     core = ExecutorCore(robot, config)
     source = MonotonicTimeSource()
     clock = ControlClock(source, rate)
@@ -247,6 +245,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   else sorted({0, base.realtime_priority}))
     if any(n < 1 for n in args.max_inflight):
         raise SystemExit(f"--max-inflight must be >= 1, got {args.max_inflight}")
+    if (args.chunk_length > base.max_chunk_length or horizon > base.max_chunk_horizon
+            or not base.min_step_period <= args.step_period <= base.max_step_period):
+        # The executor would reject every chunk: say so instead of measuring starvation.
+        raise SystemExit(
+            f"--chunk-length {args.chunk_length} x --step-period {args.step_period} s is beyond "
+            f"the executor's chunk bounds in {args.config} (max_chunk_length "
+            f"{base.max_chunk_length}, step period {base.min_step_period}-"
+            f"{base.max_step_period} s, max_chunk_horizon {base.max_chunk_horizon} s)")
     scenarios = [(rate, latency, priority, inflight) for priority in priorities
                  for rate in args.rates for latency in args.latencies
                  for inflight in args.max_inflight]
