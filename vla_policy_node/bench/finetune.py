@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="micro-batch sizes to measure")
     parser.add_argument("--lora-rank", type=int, default=32, help="0: full fine-tuning")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=False,
+                        help="train from the image cache (as vla-finetune does by default; "
+                             "built before the timed steps)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(96, 128),
                         metavar=("H", "W"), help="camera resolution of the episodes")
 
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 data_dir=str(data), output_dir=str(out), base=args.base, preset=args.preset,
                 steps=args.warmup + args.steps, batch_size=batch, lora_rank=args.lora_rank,
                 save_every=0, val_every=0, val_episodes=0, device=args.device,
-                bf16=args.bf16)
+                bf16=args.bf16, cache_images=args.cache_images)
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
 
@@ -84,18 +87,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seconds = timed[-1] - start
             steps_per_s = n / seconds if seconds > 0 else float("nan")
             case = {"preset": args.preset, "device": args.device, "bf16": bf16,
+                    "cache_images": args.cache_images,
                     "batch_size": batch, "lora_rank": args.lora_rank, "steps": n,
                     "seconds": seconds,
                     "steps_per_s": steps_per_s, "samples_per_s": steps_per_s * batch}
             if args.device.startswith("cuda"):
                 case["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             result["cases"].append(case)
-            rows.append([args.preset, args.device, "bf16" if bf16 else "fp32", batch,
+            rows.append([args.preset, args.device, "bf16" if bf16 else "fp32",
+                         "yes" if args.cache_images else "no", batch,
                          args.lora_rank, n, round(steps_per_s, 3),
                          round(case["samples_per_s"], 2),
                          round(case["peak_memory_gb"], 2) if "peak_memory_gb" in case
                          else "-"])
-    table = report.format_table(["preset", "device", "autocast", "batch", "LoRA r", "steps",
+    table = report.format_table(["preset", "device", "autocast", "cache", "batch", "LoRA r",
+                                 "steps",
                                  "steps/s", "samples/s", "peak GPU GB"], rows)
     print(table)
     if args.update_docs:

@@ -275,7 +275,40 @@ def _tiny_towers() -> tuple[ViTConfig, ViTConfig, LlamaTextConfig]:
     return dino, siglip, llm
 
 
+#: Presets sized to learn the simulated ALOHA tasks from scratch on a CPU (docs/learning.md):
+#: the whole OFT architecture (DINOv2-reg + SigLIP towers, projector, bidirectional Llama, L1
+#: head, proprio, FiLM) at small widths, 16-pixel patches of a small square image, 3 cameras.
+#: Tokens dominate the cost: (image / 16)^2 per camera. resize_size = image_size: one bicubic
+#: resize of the camera frame (the JPEG round trip + lanczos step is for OFT's 256 -> 224
+#: ALOHA data, not ours), then the 90% centre crop.
+SIM_SIZES = {
+    # name: (image, tower width, tower depth, tower heads, llm hidden, llm layers, llm heads)
+    "sim-s": (64, 96, 4, 4, 192, 3, 4),
+    "sim-m": (96, 128, 4, 4, 256, 4, 4),
+    "sim-l": (128, 192, 6, 6, 384, 6, 6),
+}
+
+
+def _sim_towers(name: str) -> tuple[ViTConfig, ViTConfig, LlamaTextConfig, int]:
+    image, width, depth, heads, hidden, layers, llm_heads = SIM_SIZES[name]
+    dino = ViTConfig(kind="dinov2_reg", width=width, depth=depth, heads=heads,
+                     mlp_dim=4 * width, patch_size=16, image_size=image, num_registers=4,
+                     layerscale_init=0.1, timm_id=f"vla_policy_node/{name}-dinov2-reg4")
+    siglip = ViTConfig(kind="siglip", width=width, depth=depth, heads=heads,
+                       mlp_dim=4 * width, patch_size=16, image_size=image,
+                       timm_id=f"vla_policy_node/{name}-siglip")
+    llm = LlamaTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_layers=layers,
+                          num_heads=llm_heads, num_kv_heads=llm_heads, vocab_size=704,
+                          max_position_embeddings=2048)
+    return dino, siglip, llm, image
+
+
 def _preset(name: str) -> OFTConfig:
+    if name in SIM_SIZES:
+        dino, siglip, llm, image = _sim_towers(name)
+        return OFTConfig(name=name, dino=dino, siglip=siglip, llm=llm,
+                         projector_hidden=4 * 2 * dino.width, tokenizer_kind="tiny",
+                         resize_size=image)
     if name.startswith("openvla-7b"):
         dino, siglip, llm = _openvla_7b_towers()
         base = dict(dino=dino, siglip=siglip, llm=llm, projector_hidden=4 * (1024 + 1152),
@@ -305,7 +338,8 @@ def _preset(name: str) -> OFTConfig:
 
 
 PRESETS = ("tiny", "tiny-libero", "tiny-diffusion", "tiny-discrete",
-           "openvla-7b", "openvla-7b-libero", "openvla-7b-diffusion", "openvla-7b-discrete")
+           "openvla-7b", "openvla-7b-libero", "openvla-7b-diffusion", "openvla-7b-discrete",
+           *SIM_SIZES)
 
 
 def get_preset(name: str) -> OFTConfig:
