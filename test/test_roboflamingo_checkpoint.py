@@ -231,3 +231,54 @@ def test_openflamingo_base_directory_loads_with_a_fresh_head(source, tmp_path):
     (tmp_path / "roboflamingo.json").unlink()
     with pytest.raises(CheckpointError, match="naming the preset"):
         load_roboflamingo(tmp_path)
+
+
+def test_gpt_neox_release_layout_and_hf_clip_load(tmp_path):
+    """The 4B layout (RedPajama-INCITE / GPT-NeoX): gpt_neox.* names, cross-attention every
+    2nd layer, final_layer_norm from lang/; CLIP as a transformers CLIPModel (vision_model.*)."""
+    lm = {"kind": "gpt_neox", "hidden_size": 32, "num_layers": 4, "num_heads": 4,
+          "vocab_size": 512, "cross_attn_every_n_layers": 2, "max_seq_len": 64,
+          "xattn_heads": 2, "xattn_dim_head": 8}
+    overrides = {**OVERRIDES, "lm": lm}
+    config = get_preset("tiny-roboflamingo").replace(
+        **{k: v for k, v in overrides.items() if k != "preset"})
+    policy = build_roboflamingo(config, seed=4)
+    with torch.no_grad():
+        for block in policy.model.lang.xattn:
+            if block is not None:
+                block.attn_gate.fill_(0.5)
+    s = policy.model.state_dict()
+    rf = {f"module.lm_head.{k[5:]}": v for k, v in s.items() if k.startswith("head.")}
+    rf.update({f"module.{k}": v for k, v in s.items() if k.startswith("perceiver.")})
+    rf["module.lang_encoder.gpt_neox.embed_in.weight"] = s["lang.model.embed_in.weight"]
+    for i in range(4):
+        for key, value in s.items():
+            if key.startswith(f"lang.xattn.{i}."):
+                inner = key[len(f"lang.xattn.{i}."):]
+                layer = f"module.lang_encoder.gpt_neox.layers.{i}"
+                rf[f"{layer}.gated_cross_attn_layer.{inner}"] = value
+                rf[f"module.lang_encoder.gated_cross_attn_layers.{i}.{inner}"] = value
+            if key.startswith(f"lang.model.layers.{i}."):
+                inner = key[len(f"lang.model.layers.{i}."):]
+                rf[f"module.lang_encoder.old_decoder_blocks.{i}.{inner}"] = value
+    assert not any(".layers.0.gated" in k for k in rf)       # only every 2nd layer
+    torch.save({"model_state_dict": rf}, tmp_path /
+               "checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_4b_3.pth")
+    (tmp_path / "lang").mkdir()
+    policy.tokenizer.save(tmp_path / "lang")
+    torch.save({"gpt_neox.final_layer_norm.weight": s["lang.model.final_layer_norm.weight"],
+                "gpt_neox.final_layer_norm.bias": s["lang.model.final_layer_norm.bias"],
+                "gpt_neox.layers.0.attention.rotary_emb.inv_freq": torch.ones(4),
+                "embed_out.weight": torch.randn(600, 32)}, tmp_path / "lang" / "pytorch_model.bin")
+    (tmp_path / "clip").mkdir()
+    clip = {f"vision_model.{k[len('vision.'):]}": v for k, v in s.items()
+            if k.startswith("vision.")}
+    clip["text_model.embeddings.token_embedding.weight"] = torch.randn(10, 8)
+    clip["logit_scale"] = torch.tensor(1.0)
+    from safetensors.torch import save_file
+    save_file(clip, str(tmp_path / "clip" / "model.safetensors"))
+    (tmp_path / "roboflamingo.json").write_text(json.dumps(overrides))
+    loaded = load_roboflamingo(tmp_path)
+    assert loaded.coverage.ok, loaded.coverage.format()
+    assert loaded.config.lm.kind == "gpt_neox"
+    assert np.array_equal(_run(policy), _run(loaded))
