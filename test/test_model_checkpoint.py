@@ -161,6 +161,29 @@ def test_official_lora_adapter_is_merged(tmp_path):
     torch.testing.assert_close(delta, (b @ a * 2.0)[32:64], rtol=1e-4, atol=1e-5)
 
 
+def test_official_adapter_film_named_vision_keys_are_left_out(tmp_path):
+    """An OFT+ adapter's vision keys carry the FiLM wrapper's names (blocks.N.block.*): the
+    reference's merge applies none of them (the vision_backbone file holds that LoRA)."""
+    policy = trained_like("tiny-libero")
+    save_official_layout(policy, tmp_path)
+    adapter = tmp_path / "lora_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    a, b = torch.randn(2, 32), torch.randn(96, 2) * 0.1
+    film = "base_model.model.vision_backbone.featurizer.blocks.0.block.attn.qkv"
+    llm = "base_model.model.language_model.model.layers.0.self_attn.q_proj"
+    a2, b2 = torch.randn(2, 64), torch.randn(64, 2) * 0.1
+    save_file({f"{film}.lora_A.weight": a, f"{film}.lora_B.weight": b,
+               f"{llm}.lora_A.weight": a2, f"{llm}.lora_B.weight": b2},
+              str(adapter / "adapter_model.safetensors"))
+    plain = load_policy(str(tmp_path)).model.state_dict()
+    merged = load_policy(str(tmp_path), merge_official_lora=True).model.state_dict()
+    vision = "vision_backbone.featurizer.encoder.layer.0.attention.k_proj.weight"
+    assert torch.equal(merged[vision], plain[vision])
+    q = "language_model.model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(merged[q] - plain[q], b2 @ a2 * 2.0, rtol=1e-4, atol=1e-5)
+
+
 def test_weights_only_loading_refuses_code(tmp_path):
     policy = trained_like("tiny-libero")
     save_official_layout(policy, tmp_path, step=1)

@@ -605,9 +605,15 @@ def merge_official_adapter(model: torch.nn.Module, adapter_dir: Path) -> int:
     else:
         state = _torch_load(adapter_dir / "adapter_model.bin")
     own = model.state_dict()
-    merged = 0
+    merged = skipped = 0
     for key, a in state.items():
         if ".lora_A." not in key:
+            continue
+        if re.search(r"\.blocks\.\d+\.block\.", key):
+            # Saved on the FiLM-wrapped backbone: these names match nothing in the base model,
+            # so the reference's merge (finetune.py:654-661) leaves them out; the FiLM file
+            # carries the vision LoRA instead.
+            skipped += 1
             continue
         b = state[key.replace(".lora_A.", ".lora_B.")]
         base = key.split(".lora_A.")[0]
@@ -619,7 +625,8 @@ def merge_official_adapter(model: torch.nn.Module, adapter_dir: Path) -> int:
             param = own[our_key]
             param.copy_((param.float() + our_delta.to(param.device)).to(param.dtype))
         merged += 1
-    logger.info("merged %d LoRA layers from %s", merged, adapter_dir)
+    logger.info("merged %d LoRA layers from %s (%d FiLM-wrapped vision layers left to the "
+                "vision_backbone file)", merged, adapter_dir, skipped)
     return merged
 
 
