@@ -32,9 +32,10 @@ LAUNCH_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument("config", "", "Parameter file for every node (empty: the package's "
                    "config/aloha.yaml)."),
     LaunchArgument("checkpoint", "", "Checkpoint directory of the policy (ours or official "
-                   "OpenVLA-OFT); empty: the preset with random weights."),
+                   "OpenVLA-OFT / RoboFlamingo; the family is read from it); empty: the "
+                   "preset with random weights."),
     LaunchArgument("preset", "", "Model preset when no checkpoint is given (tiny, openvla-7b, "
-                   "...); empty: the config's."),
+                   "tiny-roboflamingo, ...); empty: the config's."),
     LaunchArgument("sim", "false", "Also start the simulated ALOHA (MuJoCo) and run on its "
                    "simulated clock.", ("true", "false")),
     LaunchArgument("use_sim_time", "", "Run nodes on /clock (empty: same as sim).",
