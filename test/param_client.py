@@ -52,12 +52,14 @@ class ParameterClient:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if all(c.service_is_ready() for c in self._clients.values()):
+                # Short tries: a request sent while discovery still shows a previous instance
+                # of the node (or before the new one matched) is never answered.
                 try:
                     self._call("list", ListParameters.Request(),
-                               timeout=max(0.1, deadline - time.monotonic()))
+                               timeout=min(3.0, max(0.1, deadline - time.monotonic())))
                     return True
                 except TimeoutError:
-                    return False
+                    continue
             self.executor.spin_once(timeout_sec=0.05)
         return False
 
@@ -68,6 +70,7 @@ class ParameterClient:
         future = client.call_async(request)
         self.executor.spin_until_future_complete(future, timeout_sec=timeout)
         if not future.done():
+            client.remove_pending_request(future)
             raise TimeoutError(f"{self.node_name}: {kind} call timed out")
         return future.result()
 

@@ -32,6 +32,15 @@ NODES = {
                   {"camera_height": 48, "camera_width": 64}),
     "vla_recorder": ("vla_policy_node.nodes.recorder", {"keyboard": False}),
 }
+# What `ros2 param set` may change on each node (docs/ros.md); everything else is read-only.
+# use_sim_time is rclpy's own and switches the node's clock at run time.
+RUNTIME = {
+    "vla_policy": {"trigger", "demand_horizon", "inference_rate_hz", "max_observation_age",
+                   "status_period", "instruction", "use_sim_time"},
+    "chunk_executor": {"use_sim_time"},
+    "sim_aloha": {"task", "seed", "use_sim_time"},
+    "vla_recorder": {"instruction", "use_sim_time"},
+}
 NOISE = ("Traceback", "KeyboardInterrupt", "EGLError", "Failed to publish log message")
 
 
@@ -98,6 +107,11 @@ def test_param_dump_reloads_into_the_same_node_and_ctrl_c_is_quiet(
             assert dumped_values["robot.arms"] == ["follower_left", "follower_right"]
         for key, value in NODES[name][1].items():
             assert dumped_values[key] == value
+        # Nothing is silently ignored: what cannot change at run time is read-only.
+        writable = {n for n in names if not client.describe(n).read_only}
+        assert writable == RUNTIME[name], writable ^ RUNTIME[name]
+        assert not client.set(**{names[0]: dumped_values[names[0]]})[names[0]][0] or \
+            names[0] in RUNTIME[name]
         # Every node reports on /diagnostics, OK while idle.
         assert wait_until(lambda: any(n.startswith(f"{name}: ") for n in diagnostics.statuses),
                           30.0, diagnostics.spin), first.output()[-2000:]

@@ -15,11 +15,13 @@ Usage: ``vla-record --ros-args --params-file config/aloha.yaml [-p output_dir:=~
 
 from __future__ import annotations
 
+from dataclasses import replace
 import importlib
 import sys
 import threading
 from typing import Any, Callable
 
+from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
@@ -69,7 +71,8 @@ class RecorderNode(Node):
 
     def __init__(self, spec: DataSpec | None = None) -> None:
         super().__init__(NODE_NAME)
-        values = declare_parameters(self, PARAMETERS)
+        values = declare_parameters(self, tuple(
+            replace(spec, read_only=spec.name != "instruction") for spec in PARAMETERS))
         # The camera list lives in the vla_policy section: the topic set is read from the
         # whole file so that recorder and converter share one DataSpec.
         overrides = {"action_source": values["action_source"]} if values["action_source"] \
@@ -103,6 +106,8 @@ class RecorderNode(Node):
         self.create_service(Trigger, "~/discard", self._trigger(self.discard))
         self.create_service(Trigger, "~/mark_success", self._trigger(self.mark_success))
         self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
+        # `ros2 param set /vla_recorder instruction ...` works like the other controls.
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         if self.max_duration > 0:
             self.create_timer(0.1, self._check_duration)
         self.diagnostics = DiagnosticsPublisher(self, {"recording": self._diagnose})
@@ -183,6 +188,15 @@ class RecorderNode(Node):
         response.success, response.message = self.control(
             lambda: self.set_instruction(request.instruction))
         return response
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name == "instruction":
+                ok, message = self.control(
+                    lambda text=str(parameter.value): self.set_instruction(text))
+                if not ok:
+                    return SetParametersResult(successful=False, reason=message)
+        return SetParametersResult(successful=True)
 
     def _on_instruction(self, msg: String) -> None:
         self.control(lambda: self.set_instruction(msg.data))

@@ -25,6 +25,7 @@ Run: ``python -m vla_policy_node.nodes.sim_aloha --ros-args --params-file config
 
 from __future__ import annotations
 
+from dataclasses import replace
 import logging
 import math
 import sys
@@ -56,6 +57,8 @@ from vla_policy_node.nodes.runner import run_node
 from vla_policy_node.sim import AlohaSim, SimConfig, SimError, TASKS
 
 NODE_NAME = "sim_aloha"
+# Settable with `ros2 param set` (they apply to the next ~/reset); all others are read-only.
+RUNTIME_PARAMETERS = ("task", "seed")
 _STRINGS = Parameter.Type.STRING_ARRAY
 
 SIM_PARAMETERS = (
@@ -98,7 +101,9 @@ class SimAlohaNode(Node):
 
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
-        params = declare_parameters(self, robot_parameter_specs() + SIM_PARAMETERS)
+        params = declare_parameters(self, robot_parameter_specs(read_only=True) + tuple(
+            replace(spec, read_only=spec.name not in RUNTIME_PARAMETERS)
+            for spec in SIM_PARAMETERS))
         self.params = params
         self.robot = RobotConfig.from_params(params)
         try:
