@@ -340,10 +340,13 @@ def test_hostile_joint_states_and_oversized_chunks_never_move_the_arm(robot, rcl
     50 rad sent 332 of 333 commands outside the limits."""
     from interbotix_xs_msgs.msg import JointGroupCommand
 
+    from diagnostic_msgs.msg import DiagnosticArray
+
     executor = start_executor(spawn, params_file(tmp_path))
     driver = Driver(rclpy_context, robot)
     group = "/follower_left/commands/joint_group"
     driver.listen(JointGroupCommand, group)
+    driver.listen(DiagnosticArray, "/diagnostics")
     try:
         target = home(robot)
         target[robot.joint_names.index("left_shoulder")] = 0.1
@@ -371,6 +374,12 @@ def test_hostile_joint_states_and_oversized_chunks_never_move_the_arm(robot, rcl
         assert status.state == 0 and status.refused_start_ticks > 0
         assert "left_waist=50" in status.idle_reason, status.idle_reason
         assert "refusing to start" in executor.output()
+
+        def refused_in_diagnostics() -> bool:
+            return any(s.name == "chunk_executor: execution" and s.level in (2, b"\x02")
+                       and "refusing to start" in s.message
+                       for _, array in driver.received["/diagnostics"] for s in array.status)
+        assert driver.wait_for(refused_in_diagnostics), executor.output()[-2000:]
 
         # 3. Chunks beyond the configured bounds: rejected whole, counted, with a reason.
         bounds_before = status.rejected_chunks_bounds

@@ -393,7 +393,7 @@ class ChunkExecutorNode(Node):
         now = self._now()
         snap = self.core.snapshot(now)
         names = ("starved_ticks", "clamped_commands", "rate_limited_commands",
-                 "rejected_chunks", "rejected_joint_states")
+                 "rejected_chunks", "rejected_joint_states", "refused_start_ticks")
         counters = {name: int(getattr(snap.counters, name, 0)) for name in names}
         delta = self._diagnostic_deltas.update(counters)
         rate = self.control_clock.achieved_rate(now)
@@ -403,6 +403,9 @@ class ChunkExecutorNode(Node):
                       achieved_rate_hz=rate, control_rate_hz=target)
         problems = [(WARN, f"{delta[name]} {name.replace('_', ' ')}") for name in names
                     if delta[name]]
+        if delta["refused_start_ticks"]:
+            # The arm is beyond its limits (or the limits are wrong): a person must act.
+            problems.append((ERROR, snap.idle_reason))
         moving = state in ("running", "ramping", "holding")
         if moving and 0 < rate < 0.5 * target:
             problems.append((ERROR, f"control at {rate:.1f} Hz of {target:.0f} Hz"))
