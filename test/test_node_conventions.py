@@ -243,3 +243,13 @@ def test_status_line_leaves_out_values_that_do_not_exist_yet():
                         observation_age=0.03, rejected_images=2)
     assert status_line(busy) == ("ready: 3 chunks, latency p50 120 ms, observation age 30 ms, "
                                  "rejected images/joints/instructions 2/0/0")
+
+
+@pytest.mark.parametrize("name", ["vla_policy", "sim_aloha"])
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_ctrl_c_while_starting_is_quiet(name, delay, spawn, tmp_path):
+    """Ctrl-C while the node still imports rclpy/torch/MuJoCo or loads its model."""
+    node = start_node(spawn, tmp_path, name, [CONFIG, overrides_file(tmp_path, name)], "a")
+    time.sleep(delay)
+    elapsed = interrupt_like_a_terminal(node)
+    assert_quiet_exit(node, elapsed)
