@@ -10,6 +10,9 @@ import pytest
 import torch
 from test_train_loop import make_dataset
 
+from vla_policy_node.model.configuration_oft import PRESETS as OFT_PRESETS
+from vla_policy_node.model.roboflamingo.configuration_roboflamingo import (
+    PRESETS as ROBOFLAMINGO_PRESETS)
 from vla_policy_node.tools.finetune import build_parser, main
 from vla_policy_node.train.loop import check_resume, TrainConfig, TrainError, train
 
@@ -52,9 +55,8 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int,
     (["--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
     (["--lr", "-1"], "--lr must be > 0, got -1.0"),
     (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
-    (["--preset", "big"], "unknown --preset 'big'; known: tiny, tiny-libero, tiny-diffusion, "
-                          "tiny-discrete, openvla-7b, openvla-7b-libero, openvla-7b-diffusion, "
-                          "openvla-7b-discrete"),
+    (["--preset", "big"], "unknown --preset 'big'; known: "
+                          + ", ".join(OFT_PRESETS + ROBOFLAMINGO_PRESETS)),
 ])
 def test_bad_arguments_exit_2(dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                               argv: list[str], message: str) -> None:
