@@ -282,3 +282,15 @@ def test_gpt_neox_release_layout_and_hf_clip_load(tmp_path):
     assert loaded.coverage.ok, loaded.coverage.format()
     assert loaded.config.lm.kind == "gpt_neox"
     assert np.array_equal(_run(policy), _run(loaded))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "roboflamingo_config.json"),
+    (json.dumps({"format": "vla_policy_node/oft", "config": {}}), "format"),
+    (json.dumps({"format": "vla_policy_node/roboflamingo", "config": {"bogus": 1}}), "bogus"),
+])
+def test_damaged_config_of_our_format_is_a_clear_error(source, tmp_path, text, message):
+    source.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "roboflamingo_config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        load_roboflamingo(tmp_path / "ckpt")
