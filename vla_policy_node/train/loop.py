@@ -576,7 +576,10 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
               else parameter_groups(model, params, config.lr, config.backbone_lr,
                                     FULLY_TRAINED))
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = getattr(policy, "lr_factor", lambda step: 1.0)
+    # A family's own warm-up (RoboFlamingo's recipe: 5000 steps) unless --warmup-steps is set.
+    family_warmup = getattr(policy, "lr_factor", None)
+    warmup = (family_warmup if family_warmup is not None and not config.warmup_steps
+              else (lambda step: 1.0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup(step) * lr_factor(
             step, config.lr_schedule, config.warmup_steps, config.steps, config.lr_decay_step))
