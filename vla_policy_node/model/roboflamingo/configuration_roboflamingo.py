@@ -170,7 +170,7 @@ class RoboFlamingoConfig:
     lstm_layers: int = 4
     lstm_dropout: float = 0.1
     mlp_dims: tuple[int, ...] = (1024, 512, 256)
-    normalization: str = "bounds_q99"
+    normalization: str = "bounds"   # ALOHA joint targets: min/max as OFT's ALOHA recipe
     max_text_tokens: int = 32
     tokenizer_kind: str = "gpt_neox"
     clip_mean: tuple[float, ...] = CLIP_MEAN
