@@ -253,3 +253,17 @@ def test_ctrl_c_while_starting_is_quiet(name, delay, spawn, tmp_path):
     time.sleep(delay)
     elapsed = interrupt_like_a_terminal(node)
     assert_quiet_exit(node, elapsed)
+
+
+def test_executor_shows_the_outputs_it_derived(spawn, rclpy_context, tmp_path):
+    """`ros2 param get /chunk_executor output_types` said "Parameter not set"."""
+    node = start_node(spawn, tmp_path, "chunk_executor",
+                      [CONFIG, overrides_file(tmp_path, "chunk_executor")], "a")
+    client = ParameterClient(rclpy_context, "chunk_executor")
+    try:
+        assert client.wait(60.0), node.output()[-2000:]
+        assert client.get_values(["output_types"]) == {
+            "output_types": ["interbotix", "interbotix"]}
+        assert client.describe("output_types").read_only
+    finally:
+        client.close()

@@ -43,7 +43,7 @@ from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_
 from vla_policy_node.nodes.diagnostics import (
     Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
 from vla_policy_node.nodes.parameters import (
-    declare_parameters, ParameterSpec, robot_parameter_specs)
+    declare_derived, declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
 
 NODE_NAME = "chunk_executor"
@@ -196,6 +196,9 @@ class ChunkExecutorNode(Node):
         self._log = ThrottledLogger(logging.getLogger(CORE_LOGGER + ".node"),
                                     self.config.log_interval)
         self._outputs = self._create_outputs(params)
+        # Unset, output_types is undeclared; show the per-arm outputs the node derived.
+        declare_derived(self, PARAMETERS, "output_types",
+                        [kind for kind, _ in self._outputs.values()])
 
         self.create_subscription(ActionChunkMsg, params["chunk_topic"], self._on_chunk,
                                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))

@@ -87,6 +87,21 @@ def declare_parameters(node: Node, specs: tuple[ParameterSpec, ...]) -> dict[str
     return values
 
 
+def declare_derived(node: Node, specs: tuple[ParameterSpec, ...], name: str,
+                    value: Any) -> None:
+    """Declare an optional parameter that was left unset with the value the node derived.
+
+    ``ros2 param get`` and ``dump`` then show what the node actually does (e.g. the
+    executor's per-arm ``output_types`` from ``output_type``), and a dump reloads into the same
+    node. Does nothing when the parameter is declared (it was set).
+    """
+    if node.has_parameter(name):
+        return
+    spec = next(s for s in specs if s.name == name)
+    node.declare_parameter(name, value, ParameterDescriptor(description=spec.description,
+                                                            read_only=spec.read_only))
+
+
 def replace_descriptor(descriptor: ParameterDescriptor, **fields: Any) -> ParameterDescriptor:
     """A copy of ``descriptor`` with ``fields`` changed."""
     copy = ParameterDescriptor()
