@@ -68,3 +68,42 @@ def test_demo_closes_the_loop_with_a_roboflamingo_checkpoint(spawn, tmp_path):
     assert summary["chunks_published"] >= 2 and summary["rejected_chunks"] == 0, context
     assert summary["commands_per_sim_second"] >= 40, context
     assert summary["joint_motion_range"] > 0.02, context
+
+
+def test_bringup_sim_runs_a_roboflamingo_checkpoint(spawn, rclpy_context, tmp_path):
+    """`vla-bringup --sim true --checkpoint <roboflamingo dir>`: the family comes from the
+    directory, chunks of the chunking head reach the executor, which commands the sim."""
+    import os
+    import signal
+    import sys
+
+    import rclpy
+    from ros_harness import wait_until
+    from std_msgs.msg import String
+    from vla_msgs.msg import ActionChunk, ExecutorStatus
+    build_roboflamingo(get_preset("tiny-roboflamingo-chunk"), seed=0).save_pretrained(
+        tmp_path / "rf")
+    bringup = spawn([sys.executable, "-m", "vla_policy_node.tools.bringup", "--sim", "true",
+                     "--checkpoint", str(tmp_path / "rf")], name="bringup")
+    node = rclpy.create_node("rf_bringup_listener", context=rclpy_context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    chunks, statuses = [], []
+    node.create_subscription(ActionChunk, "/vla/action_chunk", chunks.append, 10)
+    node.create_subscription(ExecutorStatus, "/vla/executor_status", statuses.append, 10)
+    say = node.create_publisher(String, "/vla/instruction", 10)
+
+    def spin():
+        say.publish(String(data="transfer the cube"))
+        executor.spin_once(timeout_sec=0.1)
+    try:
+        def accepted():
+            return len(chunks) >= 3 and statuses and statuses[-1].accepted_chunks >= 2
+        assert wait_until(accepted, 180.0, spin), bringup.output()[-4000:]
+        assert all((c.chunk_length, c.action_dim) == (10, 14) for c in chunks)
+        assert statuses[-1].rejected_chunks == 0 and statuses[-1].idle_reason == "", \
+            statuses[-1]
+        os.kill(bringup.process.pid, signal.SIGINT)
+        assert bringup.process.wait(timeout=30) == 0, bringup.output()[-3000:]
+    finally:
+        node.destroy_node()
