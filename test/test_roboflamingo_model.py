@@ -354,3 +354,13 @@ def test_pre_fusion_concatenates_clip_tokens_before_one_perceiver_pass():
         expected = model.perceiver(tokens.reshape(1, -1, tokens.shape[-1]))
     assert media.shape == (1, config.perceiver.num_latents, config.vision.width)
     assert torch.allclose(media, expected, atol=1e-5)
+
+
+def test_history_rate_advice(policy):
+    from vla_policy_node.model.family import history_rate_advice
+    chunky = build_roboflamingo(get_preset("tiny-roboflamingo-chunk").replace(window=2))
+    assert history_rate_advice(chunky, "fixed_rate", 5.0, 0.04) is None     # 5 x 0.04 s
+    advice = history_rate_advice(chunky, "on_demand", 2.0, 0.04)
+    assert advice and "inference_rate_hz 5" in advice
+    assert history_rate_advice(policy, "fixed_rate", 25.0, 0.04) is None    # stride 1
+    assert history_rate_advice(object(), "on_demand", 2.0, 0.04) is None    # no history

@@ -85,3 +85,20 @@ def resolve_family(checkpoint: str | os.PathLike | None, preset: str,
         raise ValueError(f"preset {preset!r} belongs to the {found} family, but policy_family is "
                          f"{family!r}")
     return found
+
+
+def history_rate_advice(policy: Any, trigger: str, rate_hz: float,
+                        step_period: float) -> str | None:
+    """A warning when a family with history is triggered at another spacing than its
+    training frames (``frame_stride`` dataset steps of ``step_period`` s); None when fine."""
+    stride = getattr(getattr(policy, "config", None), "frame_stride", None)
+    if stride is None or not callable(getattr(policy, "reset", None)):
+        return None
+    period = stride * step_period
+    if trigger == "fixed_rate" and rate_hz > 0 and abs(1.0 / rate_hz - period) <= 0.1 * period:
+        return None
+    return (f"{family_of(policy)} adds one frame to its history per inference and was trained "
+            f"on frames {period:.3g} s apart (frame_stride {stride} x step_period "
+            f"{step_period:g} s); with trigger {trigger!r} at {rate_hz:g} Hz the history is "
+            f"spaced differently: set trigger fixed_rate and inference_rate_hz "
+            f"{1.0 / period:.3g}")

@@ -31,7 +31,7 @@ from vla_msgs.srv import SetInstruction
 from vla_policy_node.chunk import ActionChunk
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.data.images import decode_image
-from vla_policy_node.model.family import reset_policy
+from vla_policy_node.model.family import history_rate_advice, reset_policy
 from vla_policy_node.nodes.conversions import (
     action_chunk_to_msg, duration_to_seconds, time_to_seconds)
 from vla_policy_node.control.throttle import ThrottledLogger
@@ -132,6 +132,10 @@ class VlaPolicyNode(Node):
             raise ValueError(f"the model predicts {self.policy.action_dim}-d actions, "
                              f"robot.joint_names has {self.robot.dim}")
         self._warm_up()
+        advice = history_rate_advice(self.policy, p["trigger"], p["inference_rate_hz"],
+                                     p["step_period"])
+        if advice:
+            self.get_logger().warning(advice)
         self.store = ObservationStore(self.policy.camera_names, self.robot,
                                       p["max_observation_age"])
         self.counters = dict(chunks_published=0, inferences_skipped=0, rejected_images=0,
