@@ -364,3 +364,21 @@ def test_history_rate_advice(policy):
     assert advice and "inference_rate_hz 5" in advice
     assert history_rate_advice(policy, "fixed_rate", 25.0, 0.04) is None    # stride 1
     assert history_rate_advice(object(), "on_demand", 2.0, 0.04) is None    # no history
+
+
+def test_family_contract_and_dispatch(policy, tmp_path):
+    from vla_policy_node.model import load_policy
+    from vla_policy_node.model.family import PolicyFamily, resolve_family
+    assert isinstance(policy, PolicyFamily) and policy.family == "roboflamingo"
+    assert resolve_family(None, "tiny-roboflamingo") == "roboflamingo"
+    assert resolve_family(None, "tiny") == "oft"
+    with pytest.raises(ValueError, match="belongs to the oft family"):
+        resolve_family(None, "tiny", "roboflamingo")
+    with pytest.raises(ValueError, match="policy family must be one of"):
+        resolve_family(None, "tiny", "flamingo")
+    policy.save_pretrained(tmp_path / "rf")
+    assert resolve_family(tmp_path / "rf", "tiny") == "roboflamingo"
+    with pytest.raises(ValueError, match="roboflamingo family"):
+        load_policy(str(tmp_path / "rf"), family="oft")
+    with pytest.raises(ValueError, match="quantization"):
+        load_policy(preset="tiny-roboflamingo", quantization="4bit")
