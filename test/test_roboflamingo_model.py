@@ -188,6 +188,12 @@ def test_mosaic_attention_matches_reference_alibi_and_qk_layernorm():
     # MosaicGPT's slopes for 16 heads: 1/2^(0.5), ..., 1/2^8.
     slopes = -alibi_bias(16, 2)[0, :, 0, 0]
     assert torch.allclose(slopes, torch.tensor([2 ** (-0.5 * h) for h in range(1, 17)]))
+    # Against transformers' MPT ALiBi (slope * (j - (S - 1))), also for a head count that
+    # is not a power of two (interleaved slopes, as llm-foundry).
+    from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+    for heads in (16, 12):
+        assert torch.allclose(alibi_bias(heads, 5)[0, :, 0, :],
+                              build_mpt_alibi_tensor(heads, 5, 8)[:, 0, :], atol=1e-6)
 
 
 def test_features_are_the_input_of_the_last_block_without_ln_f():

@@ -9,6 +9,7 @@ Dv = CLIP width, D = LM width, M = media tokens per frame.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -145,9 +146,15 @@ def _xattn_layers(spec: LanguageSpec, dim_visual: int) -> nn.ModuleList:
 
 # ====================================================================== MPT-1B (MosaicGPT) port
 def alibi_slopes(num_heads: int, bias_max: int = 8) -> torch.Tensor:
-    """MosaicGPT's slopes: 1 / 2 ** (bias_max * h / num_heads), h = 1..num_heads."""
-    m = torch.arange(1, num_heads + 1, dtype=torch.float32) * (bias_max / num_heads)
-    return 1.0 / torch.pow(2.0, m)
+    """MosaicML's slopes: 1 / 2 ** (bias_max * h / n), h = 1..n, n = num_heads rounded up to a
+    power of two; for other head counts the odd-then-even interleave of llm-foundry/HF (MPT-1B
+    and MPT-7B have 16 and 32 heads: the plain formula)."""
+    n = 2 ** math.ceil(math.log2(num_heads))
+    m = torch.arange(1, n + 1, dtype=torch.float32) * (bias_max / n)
+    slopes = 1.0 / torch.pow(2.0, m)
+    if n != num_heads:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:num_heads]
+    return slopes
 
 
 def alibi_bias(num_heads: int, seq_len: int, bias_max: int = 8) -> torch.Tensor:
