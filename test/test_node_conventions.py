@@ -267,3 +267,51 @@ def test_executor_shows_the_outputs_it_derived(spawn, rclpy_context, tmp_path):
         assert client.describe("output_types").read_only
     finally:
         client.close()
+
+
+def test_executor_is_a_managed_node_deactivate_holds(spawn, rclpy_context, tmp_path):
+    """`ros2 lifecycle set /chunk_executor deactivate` holds (like ~/pause); activate resumes."""
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from vla_msgs.msg import ExecutorStatus
+
+    node = start_node(spawn, tmp_path, "chunk_executor",
+                      [CONFIG, overrides_file(tmp_path, "chunk_executor")], "a")
+    client_node = rclpy.create_node("lifecycle_client", context=rclpy_context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(client_node)
+    change = client_node.create_client(ChangeState, "/chunk_executor/change_state")
+    get = client_node.create_client(GetState, "/chunk_executor/get_state")
+    statuses = []
+    client_node.create_subscription(ExecutorStatus, "/vla/executor_status", statuses.append, 10)
+
+    def call(client, request):
+        assert client.wait_for_service(timeout_sec=60.0), node.output()[-2000:]
+        future = client.call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=10.0)
+        assert future.done()
+        return future.result()
+
+    def latest_state():
+        return statuses[-1].state_name if statuses else None
+    try:
+        assert call(get, GetState.Request()).current_state.label == "active"
+        assert wait_until(lambda: latest_state() == "idle", 30.0,
+                          lambda: executor.spin_once(timeout_sec=0.05))
+        deactivate = ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_DEACTIVATE))
+        assert call(change, deactivate).success
+        assert call(get, GetState.Request()).current_state.label == "inactive"
+        assert wait_until(lambda: latest_state() == "paused", 10.0,
+                          lambda: executor.spin_once(timeout_sec=0.05))
+        activate = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
+        assert call(change, activate).success
+        assert call(get, GetState.Request()).current_state.label == "active"
+        assert wait_until(lambda: latest_state() == "idle", 10.0,
+                          lambda: executor.spin_once(timeout_sec=0.05))
+    finally:
+        executor.shutdown()
+        client_node.destroy_node()
+    elapsed = interrupt_like_a_terminal(node)
+    assert_quiet_exit(node, elapsed)

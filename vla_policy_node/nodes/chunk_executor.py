@@ -42,6 +42,7 @@ from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
 from vla_policy_node.nodes.diagnostics import (
     Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
+from vla_policy_node.nodes.lifecycle import AutoActive
 from vla_policy_node.nodes.parameters import (
     declare_derived, declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
@@ -183,11 +184,17 @@ class RosTimeSource:
         self._jump_handle.unregister()
 
 
-class ChunkExecutorNode(Node):
-    """The ROS side of the executor (see the module docstring)."""
+class ChunkExecutorNode(AutoActive, Node):
+    """The ROS side of the executor (see the module docstring).
+
+    A managed node that activates itself (nodes/lifecycle.py): ``ros2 lifecycle set
+    /chunk_executor deactivate`` holds the last command like ``~/pause``; ``activate``
+    resumes.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
+        Node.__init__(self, NODE_NAME, **kwargs)
+        self.init_lifecycle()
         params = self._declare_parameters()
         self._attach_core_logging()
         self.robot = RobotConfig.from_params(params)
@@ -230,6 +237,17 @@ class ChunkExecutorNode(Node):
             f"executing chunks from {params['chunk_topic']} at {self.config.control_rate_hz} Hz, "
             f"merge {self.config.merge.strategy.value}, outputs "
             f"{ {arm: kind for arm, (kind, _) in self._outputs.items()} }")
+        self.activate_lifecycle()
+
+    # ------------------------------------------------------------------ lifecycle
+    def lifecycle_hold(self, reason: str) -> tuple[bool, str]:
+        ok, message = self.core.pause()
+        if not ok and self.core.state.name == "STOPPED":
+            return True, "stopped: holding the last command"
+        return ok, message
+
+    def lifecycle_resume(self) -> tuple[bool, str]:
+        return self.core.resume()
 
     # ------------------------------------------------------------------ setup
     def _declare_parameters(self) -> dict[str, Any]:
