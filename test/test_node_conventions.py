@@ -141,6 +141,28 @@ def test_param_dump_reloads_into_the_same_node_and_ctrl_c_is_quiet(
         client.close()
 
 
+def lifecycle(context, node_name: str, transition: str) -> bool:
+    """`ros2 lifecycle set /<node> <transition>`; True when the transition succeeded."""
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    client_node = rclpy.create_node(f"lifecycle_{transition}", context=context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
+    executor.add_node(client_node)
+    try:
+        client = client_node.create_client(ChangeState, f"/{node_name}/change_state")
+        assert client.wait_for_service(timeout_sec=30.0)
+        ids = {"activate": Transition.TRANSITION_ACTIVATE,
+               "deactivate": Transition.TRANSITION_DEACTIVATE}
+        future = client.call_async(ChangeState.Request(transition=Transition(
+            id=ids[transition])))
+        executor.spin_until_future_complete(future, timeout_sec=10.0)
+        return future.done() and future.result().success
+    finally:
+        executor.shutdown()
+        client_node.destroy_node()
+
+
 def test_policy_parameters_change_at_run_time_and_show_in_diagnostics(
         spawn, rclpy_context, diagnostics, tmp_path):
     node = start_node(spawn, tmp_path, "vla_policy",
@@ -170,6 +192,16 @@ def test_policy_parameters_change_at_run_time_and_show_in_diagnostics(
         count = len(robot.chunks)
         assert robot.run_until(lambda: len(robot.chunks) >= count + 3, 60.0), \
             node.output()[-3000:]
+
+        # Managed node: deactivate stops inferring (from the next inference), activate resumes.
+        assert lifecycle(rclpy_context, "vla_policy", "deactivate")
+        robot.run(2.0)  # an inference under way may still land
+        count = len(robot.chunks)
+        robot.run(2.0)
+        assert len(robot.chunks) == count
+        assert robot.statuses[-1].state == "inactive"
+        assert lifecycle(rclpy_context, "vla_policy", "activate")
+        assert robot.run_until(lambda: len(robot.chunks) >= count + 2, 60.0)
 
         def inference_status():
             return diagnostics.latest("vla_policy: inference")

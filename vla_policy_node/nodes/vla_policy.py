@@ -37,6 +37,7 @@ from vla_policy_node.nodes.conversions import (
 from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.diagnostics import (
     Check, CounterDeltas, DiagnosticsPublisher, ERROR, NodeLog, summarize, WARN)
+from vla_policy_node.nodes.lifecycle import AutoActive
 from vla_policy_node.nodes.parameters import declare_parameters, ParameterSpec
 from vla_policy_node.nodes.parameters import robot_parameter_specs
 from vla_policy_node.nodes.runner import run_node
@@ -101,11 +102,13 @@ INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE
                              durability=QoSDurabilityPolicy.VOLATILE)
 
 
-class VlaPolicyNode(Node):
+class VlaPolicyNode(AutoActive, Node):
     """The policy node; ``policy`` may be injected (tests), otherwise loaded from parameters."""
 
     def __init__(self, policy: Any | None = None, **node_kwargs: Any) -> None:
-        super().__init__("vla_policy", **node_kwargs)
+        Node.__init__(self, "vla_policy", **node_kwargs)
+        self.init_lifecycle()  # `ros2 lifecycle set /vla_policy deactivate`: no inference
+        self._held = False
         p = declare_parameters(self, PARAMETERS)
         self.params = p
         self.robot = RobotConfig.from_params(p)
@@ -194,6 +197,7 @@ class VlaPolicyNode(Node):
             f"ready: model {self.model_name} (K={self.policy.chunk_length}, "
             f"D={self.policy.action_dim}), cameras {list(self.policy.camera_names)}, "
             f"trigger {p['trigger']}; waiting for an instruction on {p['instruction_topic']}")
+        self.activate_lifecycle()
 
     @property
     def model_name(self) -> str:
@@ -320,7 +324,20 @@ class VlaPolicyNode(Node):
                 self.trigger.failed()
                 self._stop.wait(0.5)
 
+    def lifecycle_hold(self, reason: str) -> tuple[bool, str]:
+        self._held = True
+        self.state = "inactive"
+        return True, f"{reason}: no inference until activated"
+
+    def lifecycle_resume(self) -> tuple[bool, str]:
+        self._held = False
+        self.state = "ready" if self.store.instruction else "waiting_for_instruction"
+        self._wake.set()
+        return True, "inferring again"
+
     def _maybe_infer(self) -> None:
+        if self._held:
+            return
         now = self._now()
         if not self.trigger.should_start(now, self.store.instruction_id, busy=False):
             return
@@ -360,7 +377,7 @@ class VlaPolicyNode(Node):
             self.counters["chunks_published"] += 1
             self.latencies.append(latency)
         self.last_skip_reason = ""
-        self.state = "ready"
+        self.state = "inactive" if self._held else "ready"  # deactivated while inferring
 
     # --- status ---------------------------------------------------------------------------
     def _publish_status(self) -> None:
