@@ -82,3 +82,34 @@ def test_history_rule_matches_roboflamingo_eval(ref):
                                expected["head_steps_pose"], atol=2e-6)
     np.testing.assert_allclose(np.stack([g[0].numpy() for _, g in outs]),
                                expected["head_steps_gripper"], atol=2e-6)
+
+
+def test_clip_tokens_match_open_clip_through_our_key_map(ref):
+    """open_clip's ViT (QuickGELU, output_tokens) as RoboFlamingo builds it: visual(x)[1], the
+    raw patch tokens of the last block; ours: CLIPVisionModel loaded through our open_clip key
+    map (in_proj split into q/k/v), last_hidden_state without CLS."""
+    import json
+
+    from vla_policy_node.model.roboflamingo.checkpoint_roboflamingo import map_open_clip
+    from vla_policy_node.model.roboflamingo.configuration_roboflamingo import CLIPVisionSpec
+    from vla_policy_node.model.roboflamingo.modeling_roboflamingo import build_vision_tower
+    weights, x, expected = ref
+    shapes = json.loads(str(expected["clip_state"]))
+    official = weights({k: torch.empty(v) for k, v in shapes.items()})
+    config = get_preset("tiny-roboflamingo").replace(
+        vision=dataclasses.asdict(CLIPVisionSpec(width=32, depth=2, heads=2, mlp_dim=64,
+                                                 image_size=56)))
+    tower = build_vision_tower(config).eval()
+    prefix = "vision_model." if any(k.startswith("vision_model.")
+                                    for k in tower.state_dict()) else ""
+    state, ignored = {}, []
+    for key, value in official.items():
+        mapped, reason = map_open_clip(key, value, prefix)
+        state.update(mapped)
+        if not mapped:
+            ignored.append((key, reason))
+    assert ignored == [("proj", "CLIP projection (RoboFlamingo reads the raw patch tokens)")]
+    tower.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        tokens = tower(pixel_values=x["clip_pixels"]).last_hidden_state[:, 1:].numpy()
+    np.testing.assert_allclose(tokens, expected["clip_tokens"], atol=2e-5)

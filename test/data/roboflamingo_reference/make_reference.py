@@ -4,12 +4,14 @@ Run against the official sources (not part of this project, not imported by the 
     open_flamingo @655f693: open_flamingo/src/helpers.py
     RoboFlamingo @1475a07:  robot_flamingo/models/action_head.py (+ normalizer.py; zarr and
                             trajectory_gpt2 stubbed: unused by DeterministicDecoder)
+    open_clip v2.20.0:      src/open_clip/transformer.py (utils.to_2tuple without torchvision)
 with einops 0.8.1 and einops-exts 0.0.4 on PYTHONPATH:
     PYTHONPATH=<deps>:<official sources> python make_reference.py
 Weights come from ``reference_weights`` (a seeded tensor per parameter name), so the test can
 build the same weights for our modules from the names alone; inputs are seeded too.
 """
 
+import json
 import zlib
 
 import numpy as np
@@ -36,10 +38,12 @@ def inputs() -> dict:
             "xattn_locations": locations,
             # LM token features (frames, tokens, D): the head max-pools over the tokens.
             "head_steps": torch.randn(9, 5, 32, generator=g),
-            "head_window": torch.randn(2 * 4, 5, 32, generator=g)}
+            "head_window": torch.randn(2 * 4, 5, 32, generator=g),
+            "clip_pixels": torch.randn(2, 3, 56, 56, generator=g)}
 
 
 def main() -> None:
+    from open_clip.transformer import QuickGELU, VisionTransformer
     from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
     from robot_flamingo.models.action_head import DeterministicDecoder
     x = inputs()
@@ -63,6 +67,16 @@ def main() -> None:
         steps = [head(f[None]) for f in x["head_steps"]]   # one frame per call
         out["head_steps_pose"] = np.stack([p[0, -1].numpy() for p, _ in steps])
         out["head_steps_gripper"] = np.stack([g[0, -1].numpy() for _, g in steps])
+        # open_clip's ViT as RoboFlamingo builds it (QuickGELU, output_tokens): visual(x)[1]
+        # = the patch tokens of the last block, no CLS, no ln_post, no proj.
+        visual = VisionTransformer(56, 14, 32, 2, 2, 2.0, output_dim=16, act_layer=QuickGELU,
+                                   output_tokens=True).eval()
+        clip_weights = reference_weights(visual.state_dict())
+        visual.load_state_dict(clip_weights)
+        out["clip_tokens"] = visual(x["clip_pixels"])[1].numpy()
+        # open_clip's parameter names and shapes, for the test to rebuild the same weights.
+        out["clip_state"] = np.array(json.dumps(
+            {k: list(v.shape) for k, v in visual.state_dict().items()}))
     np.savez_compressed("expected.npz", **out)
 
 
