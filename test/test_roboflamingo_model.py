@@ -388,3 +388,18 @@ def test_family_contract_and_dispatch(policy, tmp_path):
         load_policy(str(tmp_path / "rf"), family="oft")
     with pytest.raises(ValueError, match="quantization"):
         load_policy(preset="tiny-roboflamingo", quantization="4bit")
+
+
+def test_non_finite_features_never_enter_the_history(policy, monkeypatch):
+    policy.reset()
+    images = _images(policy, 0)
+    policy.infer(images, None, "pick up the cube")
+    real = policy.model.frame_features
+    monkeypatch.setattr(policy.model, "frame_features",
+                        lambda *a: torch.full_like(real(*a), float("nan")))
+    with pytest.raises(FloatingPointError, match="not added to the history"):
+        policy.infer(images, None, "pick up the cube")
+    assert policy.history_length == 1
+    monkeypatch.setattr(policy.model, "frame_features", real)
+    assert np.all(np.isfinite(policy.infer(images, None, "pick up the cube").actions))
+    assert policy.history_length == 2

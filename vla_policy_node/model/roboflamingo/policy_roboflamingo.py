@@ -163,6 +163,10 @@ class RoboFlamingoPolicy:
             with torch.inference_mode():
                 pooled = self.model.frame_features(inputs["pixel_values"], inputs["input_ids"],
                                                    inputs["attention_mask"])
+            if not bool(torch.isfinite(pooled).all()):
+                # Kept out of the history: one bad frame must not poison the next `window`.
+                raise FloatingPointError("the model produced non-finite features; the frame "
+                                         "was not added to the history")
             cont, grip = self.step_features(pooled)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
