@@ -329,11 +329,7 @@ def run(args: argparse.Namespace, seeds: list[int], note: str) -> dict[str, Any]
             spinner.start()
             driver = Evaluator(context, robot, sim_params,
                                policy_node=None if args.oracle else "vla_policy")
-            try:
-                driver.wait_for_graph(args.startup_timeout)
-            except DemoError as exc:
-                raise DemoError(f"{exc}; exited nodes: {processes.exited() or 'none'} "
-                                f"(see {out}/logs)") from None
+            _wait_for_graph(driver, processes, args.startup_timeout, out)
             driver.trigger("executor_reset")
             if args.oracle:
                 from vla_policy_node.sim import AlohaSim, SimConfig
@@ -416,6 +412,22 @@ def _spin(monitor: Any) -> None:
         monitor.executor.spin()
     except (ExternalShutdownException, RuntimeError):
         pass
+
+
+def _wait_for_graph(driver: Evaluator, processes: Any, timeout: float, out: Path) -> None:
+    """Wait for the services and /clock; a node that exits (a checkpoint that does not load)
+    ends the wait at once instead of after the whole timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            driver.wait_for_graph(min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except DemoError as exc:
+            if processes.exited():
+                raise DemoError(f"node(s) exited during start-up: {processes.exited()} (see "
+                                f"{out}/logs)") from None
+            if time.monotonic() >= deadline:
+                raise DemoError(f"{exc} (after {timeout:.0f} s; see {out}/logs)") from None
 
 
 def _wait_first_chunk(monitor: Any, processes: Any, instruction: str, timeout: float,
