@@ -27,6 +27,6 @@ def test_reports_steps_per_second(capsys: pytest.CaptureFixture) -> None:
     assert case["steps"] == 2 and case["batch_size"] == 1 and case["lora_rank"] == 4
     assert math.isfinite(case["steps_per_s"]) and case["steps_per_s"] > 0
     assert case["bf16"] is False
-    assert "| tiny | cpu | fp32 | 1 | 4 | 2 |" in capsys.readouterr().out
+    assert "| tiny | cpu | fp32 | no | 1 | 4 | 2 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--steps must be >= 1"):
         finetune.run(args(steps=0))

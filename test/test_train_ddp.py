@@ -21,6 +21,7 @@ from test_train_loop import make_dataset
 from vla_policy_node.model import load_policy
 from vla_policy_node.train.dataset import batch_indices
 from vla_policy_node.train.loop import FINAL_DIR, LOG_FILE, STATE_DIR, TrainConfig, train
+from vla_policy_node.train.recipe import LOG_JSONL
 
 torch.set_num_threads(1)
 
@@ -84,7 +85,11 @@ def test_torchrun_two_cpu_processes(dataset_dir: Path, tmp_path: Path) -> None:
     assert "resumed from step 2" in rank0 and "checkpoint:" in rank0
     # Rank 1 trains silently: no progress, no INFO log, nothing written.
     assert "step " not in rank1 and "INFO" not in rank1 and "checkpoint" not in rank1, rank1
-    assert {p.name for p in out.iterdir()} == {FINAL_DIR, LOG_FILE, STATE_DIR}
+    # The image cache is built by rank 0 alone (the others wait, then map it); one log.
+    assert {p.name for p in out.iterdir()} == {FINAL_DIR, LOG_FILE, STATE_DIR, LOG_JSONL,
+                                               "image_cache"}
+    assert len(list((out / "image_cache").glob("images_*.npy"))) == 2  # train and val
+    assert not list((out / "image_cache").glob(".*.tmp"))
     assert sorted(p.name for p in (out / STATE_DIR).iterdir()) == [
         "step_00000002.pt", "step_00000004.pt"]
 
