@@ -55,6 +55,8 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int,
     (["--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
     (["--lr", "-1"], "--lr must be > 0, got -1.0"),
     (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
+    (["--backbone-lr", "0"], "--backbone-lr must be > 0, got 0.0"),
+    (["--eval-every", "-1"], "argument --eval-every: must be >= 0, got -1"),
     (["--preset", "big"], "unknown --preset 'big'; known: "
                           + ", ".join(OFT_PRESETS + ROBOFLAMINGO_PRESETS)),
 ])
