@@ -25,6 +25,12 @@ def policy():
     return load_policy(None, preset="tiny", seed=0)
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: building it runs the whole image chain on every frame."""
+    return tmp_path_factory.mktemp("image_cache")
+
+
 def _datasets(dataset_dir: Path, policy) -> tuple[EpisodeDataset, EpisodeDataset]:
     paths, _ = split_episodes(dataset_dir, 0)
     return tuple(EpisodeDataset(paths, policy.camera_names, policy.chunk_length,
@@ -32,12 +38,12 @@ def _datasets(dataset_dir: Path, policy) -> tuple[EpisodeDataset, EpisodeDataset
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_cached_batches_are_byte_identical(dataset_dir, policy, tmp_path, augment):
+def test_cached_batches_are_byte_identical(dataset_dir, policy, cache_dir, augment):
     from vla_policy_node.data.stats import STATISTICS_FILE
     import json
     policy.set_statistics(json.loads((dataset_dir / STATISTICS_FILE).read_text()))
     plain, cached = _datasets(dataset_dir, policy)
-    cached.image_cache = ImageCache.build(cached, policy.processor, tmp_path)
+    cached.image_cache = ImageCache.build(cached, policy.processor, cache_dir)
     processor = from_cached_stage(policy.processor)
     indices = [0, 5, len(plain) - 1, 17]
     a, b = plain.batch(indices), cached.batch(indices)
@@ -56,21 +62,24 @@ def test_cached_batches_are_byte_identical(dataset_dir, policy, tmp_path, augmen
     cached.close()
 
 
-def test_cache_is_keyed_by_files_and_settings(dataset_dir, policy, tmp_path):
+def test_cache_is_keyed_by_files_and_settings(dataset_dir, policy, cache_dir):
+    import copy
+    import dataclasses
     dataset, _ = _datasets(dataset_dir, policy)
-    first = ImageCache.build(dataset, policy.processor, tmp_path)
-    assert ImageCache.build(dataset, policy.processor, tmp_path).path == first.path  # reused
-    other = load_policy(None, preset="tiny", seed=0)
-    other.processor.config.resize_size += 8  # another preprocessing: another cache
-    assert ImageCache.path_for(dataset, other.processor, tmp_path) != first.path
-    assert not list(tmp_path.glob(".*.tmp"))  # built through a temporary name
+    first = ImageCache.build(dataset, policy.processor, cache_dir)
+    assert ImageCache.build(dataset, policy.processor, cache_dir).path == first.path  # reused
+    other = copy.copy(policy.processor)  # another preprocessing: another cache
+    other.config = dataclasses.replace(policy.processor.config,
+                                       resize_size=policy.processor.config.resize_size + 8)
+    assert ImageCache.path_for(dataset, other, cache_dir) != first.path
+    assert not list(cache_dir.glob(".*.tmp"))  # built through a temporary name
 
 
 def test_training_with_the_cache_equals_training_without(dataset_dir, tmp_path):
     def run(out: str, cache: bool):
         return train(TrainConfig(data_dir=str(dataset_dir), output_dir=str(tmp_path / out),
-                                 steps=3, batch_size=2, lora_rank=0, lr=1e-3, save_every=0,
+                                 steps=2, batch_size=2, lora_rank=0, lr=1e-3, save_every=0,
                                  val_every=0, val_episodes=1, cache_images=cache))
     with_cache, without = run("cached", True), run("plain", False)
     assert with_cache.losses == without.losses
-    assert list((tmp_path / "cached" / "image_cache").glob("images_*.npy"))
+    assert len(list((tmp_path / "cached" / "image_cache").glob("images_*.npy"))) == 2  # +val
