@@ -320,6 +320,7 @@ def run(args: argparse.Namespace, seeds: list[int], note: str) -> dict[str, Any]
         processes = NodeProcesses(nodes, env=env, output=None, log_dir=str(out / "logs"))
         driver = monitor = None
         planner = None
+        spinner: threading.Thread | None = None
         try:
             processes.start()
             monitor = Monitor(context, robot, sim_params)
@@ -366,6 +367,8 @@ def run(args: argparse.Namespace, seeds: list[int], note: str) -> dict[str, Any]
             processes.stop()
             if monitor is not None:
                 monitor.executor.shutdown(timeout_sec=1.0)
+                if spinner is not None:
+                    spinner.join(timeout=2.0)  # see SimDriver.close
                 monitor.node.destroy_node()
     n = len(outcomes)
     successes = sum(o.success for o in outcomes)

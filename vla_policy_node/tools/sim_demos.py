@@ -186,6 +186,9 @@ class SimDriver:
 
     def close(self) -> None:
         self._executor.shutdown(timeout_sec=1.0)
+        # A spin thread still inside rclpy when the interpreter exits aborts the process
+        # ("terminate called without an active exception", exit -6): let it end first.
+        self._spinner.join(timeout=2.0)
         self.node.destroy_node()
 
 
