@@ -374,7 +374,7 @@ def test_history_rate_advice(policy):
 
 def test_family_contract_and_dispatch(policy, tmp_path):
     from vla_policy_node.model import load_policy
-    from vla_policy_node.model.family import PolicyFamily, resolve_family
+    from vla_policy_node.model.family import history_rate_advice, PolicyFamily, resolve_family
     assert isinstance(policy, PolicyFamily) and policy.family == "roboflamingo"
     assert resolve_family(None, "tiny-roboflamingo") == "roboflamingo"
     assert resolve_family(None, "tiny") == "oft"
@@ -388,6 +388,11 @@ def test_family_contract_and_dispatch(policy, tmp_path):
         load_policy(str(tmp_path / "rf"), family="oft")
     with pytest.raises(ValueError, match="quantization"):
         load_policy(preset="tiny-roboflamingo", quantization="4bit")
+    oft = load_policy(preset="tiny")
+    assert isinstance(oft, PolicyFamily) and oft.family == "oft" and not oft.keeps_history
+    assert policy.keeps_history
+    oft.reset()  # no history: a no-op the node may call on every instruction change
+    assert history_rate_advice(oft, "on_demand", 2.0, 0.04) is None
 
 
 def test_non_finite_features_never_enter_the_history(policy, monkeypatch):

@@ -51,17 +51,47 @@ class PolicyFamily(Protocol):
     def save_pretrained(self, directory: str | os.PathLike) -> Path: ...
 
 
-def family_of(policy: Any) -> str:
-    return getattr(policy, "family", "oft")
+class PolicyBase:
+    """What every family's policy object shares: its description, read from ``config``;
+    statistics handed to ``processor``; and no history unless the family keeps one.
 
+    Subclasses set ``family``, ``model``, ``processor`` and ``config`` and implement ``infer``
+    and ``save_pretrained``; a family with history sets ``keeps_history`` and overrides
+    :meth:`reset`.
+    """
 
-def reset_policy(policy: Any) -> bool:
-    """Call ``policy.reset()`` when the family keeps history; True when it did."""
-    reset = getattr(policy, "reset", None)
-    if callable(reset):
-        reset()
-        return True
-    return False
+    family: str = ""
+    keeps_history: bool = False
+    model: Any
+    processor: Any
+    config: Any
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return self.config.camera_names
+
+    @property
+    def chunk_length(self) -> int:
+        return self.config.chunk_length
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    @property
+    def proprio_dim(self) -> int:
+        return self.config.proprio_dim
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    def set_statistics(self, stats: Mapping[str, Any], unnorm_key: str | None = None) -> None:
+        """Use dataset_statistics.json content for (un)normalization."""
+        self.processor.set_statistics(stats, unnorm_key)
+
+    def reset(self) -> None:
+        """Forget the history; nothing to forget for a family without one."""
 
 
 def resolve_family(checkpoint: str | os.PathLike | None, preset: str,
@@ -92,12 +122,12 @@ def history_rate_advice(policy: Any, trigger: str, rate_hz: float,
     """A warning when a family with history is triggered at another spacing than its
     training frames (``frame_stride`` dataset steps of ``step_period`` s); None when fine."""
     stride = getattr(getattr(policy, "config", None), "frame_stride", None)
-    if stride is None or not callable(getattr(policy, "reset", None)):
+    if stride is None or not getattr(policy, "keeps_history", False):
         return None
     period = stride * step_period
     if trigger == "fixed_rate" and rate_hz > 0 and abs(1.0 / rate_hz - period) <= 0.1 * period:
         return None
-    return (f"{family_of(policy)} adds one frame to its history per inference and was trained "
+    return (f"{policy.family} adds one frame to its history per inference and was trained "
             f"on frames {period:.3g} s apart (frame_stride {stride} x step_period "
             f"{step_period:g} s); with trigger {trigger!r} at {rate_hz:g} Hz the history is "
             f"spaced differently: set trigger fixed_rate and inference_rate_hz "

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from vla_policy_node.model.family import PolicyBase
 from vla_policy_node.model.configuration_oft import QUANTIZATIONS, OFTConfig, get_preset
 from vla_policy_node.model.modeling_oft import OFTModel
 from vla_policy_node.model.processor import ObservationError, OFTProcessor
@@ -57,7 +58,7 @@ def build_context(device: str | torch.device, dtype: torch.dtype,
             torch.set_default_dtype(previous)
 
 
-class VLAPolicy:
+class VLAPolicy(PolicyBase):
     """An OFT model with its processor: observations in, un-normalized action chunks out.
 
     Attributes:
@@ -65,6 +66,8 @@ class VLAPolicy:
         processor: the :class:`OFTProcessor` (images, prompt, normalization).
         config: the :class:`OFTConfig`.
     """
+
+    family = "oft"
 
     def __init__(self, model: OFTModel, processor: OFTProcessor, seed: int = 0) -> None:
         self.model = model
@@ -79,32 +82,8 @@ class VLAPolicy:
 
     # ------------------------------------------------------------------ description
     @property
-    def camera_names(self) -> tuple[str, ...]:
-        return self.config.camera_names
-
-    @property
-    def chunk_length(self) -> int:
-        return self.config.chunk_length
-
-    @property
-    def action_dim(self) -> int:
-        return self.config.action_dim
-
-    @property
-    def proprio_dim(self) -> int:
-        return self.config.proprio_dim
-
-    @property
     def tokenizer(self) -> TextTokenizer:
         return self.processor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    def set_statistics(self, stats: Mapping[str, Any], unnorm_key: str | None = None) -> None:
-        """Use dataset_statistics.json content for (un)normalization."""
-        self.processor.set_statistics(stats, unnorm_key)
 
     # ------------------------------------------------------------------ inference
     def infer(self, images: Mapping[str, np.ndarray], proprio: np.ndarray | None,

@@ -31,7 +31,7 @@ from vla_msgs.srv import SetInstruction
 from vla_policy_node.chunk import ActionChunk
 from vla_policy_node.config import RobotConfig
 from vla_policy_node.data.images import decode_image
-from vla_policy_node.model.family import history_rate_advice, reset_policy
+from vla_policy_node.model.family import history_rate_advice
 from vla_policy_node.nodes.conversions import (
     action_chunk_to_msg, duration_to_seconds, time_to_seconds)
 from vla_policy_node.control.throttle import ThrottledLogger
@@ -225,7 +225,7 @@ class VlaPolicyNode(AutoActive, Node):
         start = time.perf_counter()
         self.policy.infer(images, np.zeros(self.policy.proprio_dim), "warm up")
         self.get_logger().info(f"warm-up inference took {time.perf_counter() - start:.2f} s")
-        reset_policy(self.policy)  # the blank frame must not stay in a family's history
+        self.policy.reset()  # the blank frame must not stay in a family's history
 
     # --- time -----------------------------------------------------------------------------
     def _now(self) -> float:
@@ -359,7 +359,7 @@ class VlaPolicyNode(AutoActive, Node):
         self.trigger.started(now, obs.instruction_id)
         if self._reset_requested.is_set():
             self._reset_requested.clear()
-            reset_policy(self.policy)
+            self.policy.reset()
         self.state = "inferring"
         self.last_age = obs.age
         start = time.perf_counter()

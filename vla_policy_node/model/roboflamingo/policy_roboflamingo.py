@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from vla_policy_node.model.family import PolicyBase
 from vla_policy_node.model.policy import build_context, InferenceResult, parse_dtype
 from vla_policy_node.model.processor import ObservationError
 from vla_policy_node.model.roboflamingo.configuration_roboflamingo import (
@@ -69,7 +70,7 @@ class HeadHistory:
         return cont[0], torch.sigmoid(grip[0])
 
 
-class RoboFlamingoPolicy:
+class RoboFlamingoPolicy(PolicyBase):
     """A RoboFlamingo model with its processor and the inference history.
 
     Attributes:
@@ -79,6 +80,7 @@ class RoboFlamingoPolicy:
     """
 
     family = "roboflamingo"
+    keeps_history = True
 
     def __init__(self, model: RoboFlamingoModel, processor: RoboFlamingoProcessor) -> None:
         self.model = model
@@ -93,28 +95,8 @@ class RoboFlamingoPolicy:
 
     # ------------------------------------------------------------------ contract
     @property
-    def camera_names(self) -> tuple[str, ...]:
-        return self.config.camera_names
-
-    @property
-    def chunk_length(self) -> int:
-        return self.config.chunk_length
-
-    @property
-    def action_dim(self) -> int:
-        return self.config.action_dim
-
-    @property
-    def proprio_dim(self) -> int:
-        return self.config.proprio_dim
-
-    @property
     def window(self) -> int:
         return self.config.window
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     @property
     def tokenizer(self) -> FlamingoTokenizer:
@@ -124,9 +106,6 @@ class RoboFlamingoPolicy:
     def history_length(self) -> int:
         """Pooled features currently held (at most ``window``)."""
         return len(self._history)
-
-    def set_statistics(self, stats: Mapping[str, Any], unnorm_key: str | None = None) -> None:
-        self.processor.set_statistics(stats, unnorm_key)
 
     def reset(self) -> None:
         """Forget the history (features, LSTM state, step count, instruction)."""
