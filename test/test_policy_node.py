@@ -197,6 +197,13 @@ def test_stale_inputs_stop_inference(robot, spawn, tmp_path):
     assert len(robot.chunks) == count
     assert robot.statuses[-1].inferences_skipped > 0
     assert "stale" in robot.statuses[-1].last_skip_reason
+    # ~/reset on a family without history says so (it claimed "history cleared" for OFT)
+    from std_srvs.srv import Trigger
+    client = robot.node.create_client(Trigger, "/vla_policy/reset")
+    assert client.wait_for_service(timeout_sec=30.0)
+    future = client.call_async(Trigger.Request())
+    assert robot.run_until(future.done, 30.0, publish=False)
+    assert future.result().success and "keeps no history" in future.result().message
 
 
 def test_missing_checkpoint_fails_at_start_up_with_a_clear_message(spawn, tmp_path):

@@ -299,7 +299,7 @@ class VlaPolicyNode(AutoActive, Node):
         self._reset_requested.set()
         response.success = True
         response.message = ("history cleared before the next inference"
-                            if hasattr(self.policy, "reset") else "this policy keeps no history")
+                            if self.policy.keeps_history else "this policy keeps no history")
         return response
 
     def _on_executor_status(self, msg: ExecutorStatus) -> None:
