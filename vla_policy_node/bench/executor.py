@@ -193,8 +193,9 @@ def run_scenario(robot: RobotConfig, base_config: ExecutorConfig, rate: float, l
             marks["last_time"] = tick.time
             compute.append(time.perf_counter() - begin)
             if progress is not None and tick.time - last_progress >= 0.5:
-                progress.update(tick.time - last_progress)
-                last_progress = tick.time
+                # the last tick may pass ``end``: the bar counts up to it, never beyond
+                progress.update(max(0.0, min(tick.time, end) - last_progress))
+                last_progress = min(tick.time, end)
             if tick.time >= end:
                 break
         if progress is not None:
