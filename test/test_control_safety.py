@@ -94,14 +94,14 @@ def test_no_command_leaves_the_limits_even_from_a_last_command_outside(robot, sa
 
 def test_command_guard_starts_clamped_and_bounds_every_step(robot, safety):
     guard = CommandGuard(safety)
-    assert guard.hold() is None
+    assert guard.hold() is None and not guard.started
     with pytest.raises(RuntimeError):
         guard.step(np.zeros(robot.dim))
     pose = np.zeros(robot.dim)
     i = robot.joint_names.index("left_gripper")
     pose[i] = 1.04
     assert guard.start(pose) == ("left_gripper",)
-    assert guard.last[i] == 1.0
+    assert guard.started and guard.last[i] == 1.0
     step = robot.max_velocity / 50.0
     previous = guard.last
     for target in (np.full(robot.dim, 1e9), np.full(robot.dim, -1e9),

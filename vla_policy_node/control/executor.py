@@ -396,7 +396,7 @@ class ExecutorCore:
         with self._lock:
             if self._state not in (ExecutorState.PAUSED, ExecutorState.STOPPED):
                 return True, f"not paused or stopped ({self._state.name.lower()})"
-            self._state = (ExecutorState.IDLE if self.guard.last is None
+            self._state = (ExecutorState.IDLE if not self.guard.started
                            else ExecutorState.HOLDING)
             logger.info("resumed")
             return True, "resumed"
@@ -432,7 +432,7 @@ class ExecutorCore:
             if target is None:
                 return self._starve(now)
             self._last_target_time = now
-            if self.guard.last is None:
+            if not self.guard.started:
                 if not self._start(now):
                     return None
             elif state is ExecutorState.HOLDING or state is ExecutorState.IDLE:
@@ -524,7 +524,7 @@ class ExecutorCore:
         return command
 
     def _starve(self, now: float) -> np.ndarray | None:
-        if self.guard.last is None:
+        if not self.guard.started:
             self._idle_reason = "waiting for a chunk"
             return None
         if self._state in (ExecutorState.RUNNING, ExecutorState.RAMPING):
@@ -554,5 +554,5 @@ class ExecutorCore:
                 remaining_steps=int(math.floor(horizon * self.config.control_rate_hz + 1e-9)),
                 last_chunk_id=self._last_chunk_id,
                 counters=ExecutorCounters(**vars(self.counters)),
-                idle_reason=self._idle_reason if self.guard.last is None else "",
+                idle_reason=self._idle_reason if not self.guard.started else "",
                 last_rejection=self._last_rejection)

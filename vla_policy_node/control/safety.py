@@ -191,6 +191,11 @@ class CommandGuard:
         self._last: np.ndarray | None = None
 
     @property
+    def started(self) -> bool:
+        """Whether a command exists (after :meth:`start`); no copy, for the per-tick checks."""
+        return self._last is not None
+
+    @property
     def last(self) -> np.ndarray | None:
         """(D,) the last command, or None before :meth:`start`."""
         return None if self._last is None else self._last.copy()
