@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 #: Image storage: raw uint8 (optionally lzf/gzip-compressed by HDF5), or encoded pictures.
 COMPRESSIONS = (None, "lzf", "gzip", "jpeg", "png")
 ENCODED = ("jpeg", "png")
-JPEG_QUALITY = 90
+EPISODE_JPEG_QUALITY = 90
 
 
 class _Encoded:
@@ -63,7 +63,7 @@ class EpisodeWriter:
 
     def __init__(self, path: str | os.PathLike, num_frames: int, joint_names: Sequence[str],
                  camera_names: Sequence[str], compression: str | None = None,
-                 jpeg_quality: int = JPEG_QUALITY) -> None:
+                 jpeg_quality: int = EPISODE_JPEG_QUALITY) -> None:
         if num_frames <= 0:
             raise EpisodeError(f"an episode needs at least one frame, got {num_frames}")
         if compression not in COMPRESSIONS:

@@ -24,7 +24,7 @@ import numpy as np
 from vla_policy_node.config import default_config_path, load_node_params, RobotConfig
 from vla_policy_node.data.bags import (
     BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
-from vla_policy_node.data.episodes import JPEG_QUALITY
+from vla_policy_node.data.episodes import EPISODE_JPEG_QUALITY
 from vla_policy_node.data.images import encode_compressed
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.sim.aloha_sim import AlohaSim, INSTRUCTIONS, SimConfig, SimError, TASKS
@@ -103,7 +103,7 @@ def write_scripted_bag(path: str | os.PathLike, spec: DataSpec, sim: AlohaSim, t
                 if transport == "compressed":  # as image_transport's compressed plugin
                     bag.write(topic + "/compressed", ns, Compressed(
                         header=header(ns, f"{name}_color_optical_frame"), format="jpeg",
-                        data=np.frombuffer(encode_compressed(image, "jpeg", JPEG_QUALITY),
+                        data=np.frombuffer(encode_compressed(image, "jpeg", EPISODE_JPEG_QUALITY),
                                            np.uint8)))
                     continue
                 h, w = image.shape[:2]
