@@ -310,6 +310,25 @@ def test_reset_sends_nothing_then_ramps_from_the_new_measured_pose(robot):
     np.testing.assert_allclose(first, moved, atol=1e-9)
 
 
+def test_reset_forgets_joint_states_measured_before_it(robot):
+    """A joint state from before a reset (up to joint_state_timeout old) must not seed the
+    ramp: the simulator may have moved the arms since. Only one received after it may."""
+    core = make_core(robot, joint_state_timeout=1.0)
+    feed_joint_states(core, robot, home(robot), now=0.0)
+    assert core.submit_chunk(chunk(robot, 0.0, home(robot)), now=0.0).accepted
+    core.tick(0.0)
+    core.reset()
+    core.resume()
+    assert core.submit_chunk(chunk(robot, 0.1, home(robot), chunk_id=2), now=0.1).accepted
+    assert core.tick(0.1) is None  # the pre-reset pose (0.1 s old) is not used
+    assert "no joint state" in core.snapshot(0.1).idle_reason
+    moved = home(robot) + 0.05 * np.eye(robot.dim)[1]
+    feed_joint_states(core, robot, moved, now=0.12)
+    first = core.tick(0.12)  # ramps from the new pose toward home
+    assert np.all(np.abs(first - moved) <= robot.max_velocity / RATE + 1e-12)
+    assert first[1] > 0.0
+
+
 # ---------------------------------------------------------------------- issue 11: hostile input
 def driver_pose(robot, **joints) -> np.ndarray:
     """home() with some joints set; grippers given in driver radians."""

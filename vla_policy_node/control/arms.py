@@ -106,6 +106,11 @@ class ArmMapper:
         with self._lock:
             self._latest[arm] = (float(stamp), values)
 
+    def clear(self) -> None:
+        """Forget every recorded joint state (the arms may have been moved since)."""
+        with self._lock:
+            self._latest.clear()
+
     def measured(self, now: float, timeout: float,
                  future: float | None = None) -> np.ndarray | None:
         """(D,) measured vector if every arm's state is stamped within [now - ``timeout``,

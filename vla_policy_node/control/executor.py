@@ -383,10 +383,13 @@ class ExecutorCore:
         """Stop and forget the last command: nothing is sent until :meth:`resume` and a new
         chunk, which ramps from the measured pose. For a robot (or simulator) moved to a new
         pose by someone else, e.g. between evaluation episodes: holding the old command would
-        drive it back."""
+        drive it back. The joint states recorded so far are forgotten for the same reason: a
+        pose measured before the reset (up to ``joint_state_timeout`` old) must not seed the
+        ramp; only one received after it does."""
         with self._lock:
             self.stop()
             self.guard = CommandGuard(self.safety)
+            self.arms.clear()
             self._last_target_time = None
             logger.info("reset: plan cleared, nothing is sent until resume and a new chunk")
             return True, "reset"
