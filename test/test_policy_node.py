@@ -186,6 +186,16 @@ def test_bad_inputs_are_counted_and_survived(robot, spawn, tmp_path):
     assert node.poll() is None
 
 
+def test_instruction_parameter_starts_the_node_with_that_instruction(robot, spawn, tmp_path):
+    """`-p instruction:=...` (and a `ros2 param dump` that holds one) starts a node that acts
+    on it without any instruction message (it failed at start: the worker's event was not
+    made yet)."""
+    node = spawn(policy_node_argv(tmp_path, instruction="fold the towel", trigger="fixed_rate",
+                                  inference_rate_hz=5.0), name="vla_policy")
+    assert robot.run_until(lambda: robot.chunks, 90.0), node.output()[-3000:]
+    assert robot.chunks[-1].instruction == "fold the towel" and node.poll() is None
+
+
 def test_stale_inputs_stop_inference(robot, spawn, tmp_path):
     node = spawn(policy_node_argv(tmp_path, trigger="fixed_rate", inference_rate_hz=5.0,
                                   max_observation_age=0.3, status_period=0.2),

@@ -152,6 +152,9 @@ class VlaPolicyNode(AutoActive, Node):
         self.state = "waiting_for_instruction"
         self._next_chunk_id = 1
         self._lock = threading.Lock()
+        # Before anything that may set an instruction (the instruction parameter) wakes the worker.
+        self._wake = threading.Event()
+        self._stop = threading.Event()
 
         self.chunk_pub = self.create_publisher(ActionChunkMsg, p["output_topic"], 10)
         self.status_pub = self.create_publisher(PolicyStatus, p["status_topic"], 10)
@@ -189,8 +192,6 @@ class VlaPolicyNode(AutoActive, Node):
                 raise ValueError(f"parameter instruction: {reason}")
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="vla_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
