@@ -146,13 +146,22 @@ class ExecutorConfig:
 
 @dataclass
 class ExecutorCounters:
-    """Counters since start (see ``vla_msgs/ExecutorStatus``)."""
+    """Counters since start (see ``vla_msgs/ExecutorStatus``).
+
+    ``clamped_commands`` and ``rate_limited_commands`` count what a healthy run does not do
+    (diagnostics warn when they grow); what every start does is counted apart:
+    ``ramp_rate_limited_commands`` (ticks of a ramp, where the rate limit is the ramp) and
+    ``clamped_start_poses`` (a measured start pose clamped into the limits within
+    ``start_margin``).
+    """
 
     ticks: int = 0
     commands: int = 0
     starved_ticks: int = 0
     clamped_commands: int = 0
     rate_limited_commands: int = 0
+    ramp_rate_limited_commands: int = 0
+    clamped_start_poses: int = 0
     accepted_chunks: int = 0
     rejected_chunks: int = 0
     rejected_chunks_bounds: int = 0
@@ -447,8 +456,11 @@ class ExecutorCore:
                     "clamp", f"position limits clamped {list(safe.clamped)} "
                     f"(clamped commands so far: {self.counters.clamped_commands})")
             if safe.rate_limited:
-                self.counters.rate_limited_commands += 1
-                if self._state is not ExecutorState.RAMPING:
+                if self._state is ExecutorState.RAMPING:
+                    # Expected: the rate limit is what makes the ramp.
+                    self.counters.ramp_rate_limited_commands += 1
+                else:
+                    self.counters.rate_limited_commands += 1
                     self._log.warning(
                         "rate_limit", f"rate limit bounded {list(safe.rate_limited)} "
                         f"(rate-limited commands so far: "
@@ -506,7 +518,7 @@ class ExecutorCore:
         clamped = self.guard.start(measured)
         if clamped:
             # Expected within the margin (e.g. a gripper resting just beyond its calibration).
-            self.counters.clamped_commands += 1
+            self.counters.clamped_start_poses += 1
             start = self.guard.last
             index = {n: i for i, n in enumerate(self.limits.joint_names)}
             logger.info("start pose clamped into the position limits (within start_margin %g): "

@@ -420,7 +420,11 @@ class ChunkExecutorNode(AutoActive, Node):
         rate = self.control_clock.achieved_rate(now)
         target = self.config.control_rate_hz
         state = snap.state.name.lower()
-        values = dict(counters, state=state, remaining_horizon_s=snap.remaining_horizon,
+        # What every start does (ramp, in-margin start clamp) is shown, never warned about.
+        expected = {name: int(getattr(snap.counters, name))
+                    for name in ("ramp_rate_limited_commands", "clamped_start_poses")}
+        values = dict(counters, **expected, state=state,
+                      remaining_horizon_s=snap.remaining_horizon,
                       achieved_rate_hz=rate, control_rate_hz=target)
         problems = [(WARN, f"{delta[name]} {name.replace('_', ' ')}") for name in names
                     if delta[name]]
