@@ -10,8 +10,11 @@ its class and API.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -90,3 +93,45 @@ def unmerge_lora(policy: Any) -> int:
         if layer.merged:
             layer.unmerge()
     return len(layers)
+
+
+@contextmanager
+def lora_merged(policy: Any) -> Iterator[int]:
+    """Within the block, ``policy`` is the merged, unloaded model that :func:`merge_lora`
+    makes (it saves in our format); afterwards its adapters are back and every weight is
+    bit-identical to before. Yields the number of merged layers.
+
+    Merging works in place, on the training device: the only extra memory is a CPU copy of
+    the base weights of the adapted layers. A merge followed by an unmerge is not exact in
+    floating point (``(W + BA) - BA`` rounds, badly so in bf16), so the base weights are
+    restored from that copy rather than recomputed."""
+    model = policy.model
+    layers = _lora_layers(model)
+    applied = getattr(policy, "lora_applied", False)
+    saved = []
+    try:
+        for name, layer in layers:
+            base = layer.get_base_layer()
+            bias = getattr(base, "bias", None)
+            saved.append((name, layer, base.weight.detach().to("cpu", copy=True),
+                          None if bias is None else bias.detach().to("cpu", copy=True)))
+            if not layer.merged:
+                layer.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, base)
+        policy.lora_applied = False
+        yield len(layers)
+    finally:
+        for name, layer, weight, bias in saved:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, layer)
+            if layer.merged:
+                layer.unmerge()  # peft's bookkeeping; the values come from the copy
+            base = layer.get_base_layer()
+            with torch.no_grad():
+                base.weight.copy_(weight)
+                if bias is not None:
+                    base.bias.copy_(bias)
+        policy.lora_applied = applied

@@ -454,17 +454,16 @@ def _read_best(output_dir: Path) -> dict[str, Any] | None:
 def _checkpoint_and_evaluate(policy: Any, config: TrainConfig, output_dir: Path, step: int,
                              provenance: Callable[[Path], None], log: RunningLog,
                              best: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OUT/checkpoint at this step (merged weights: a LoRA model is merged in a copy, the
-    training goes on with its adapters), then vla-eval on it when due."""
-    saved = policy
+    """OUT/checkpoint at this step (merged weights: a LoRA model is merged in place for the
+    save, on a CPU copy of the adapted base weights that restores them bit for bit after;
+    a second copy of the model on the training device would not fit a 7B model), then
+    vla-eval on it when due."""
     if config.lora_rank > 0 and getattr(policy, "lora_applied", False):
-        import copy
-
-        from vla_policy_node.model.lora import merge_lora
-        saved = copy.deepcopy(policy)
-        merge_lora(saved)
-    checkpoint = _save_final(saved, output_dir, provenance)
-    del saved
+        from vla_policy_node.model.lora import lora_merged
+        with lora_merged(policy):
+            checkpoint = _save_final(policy, output_dir, provenance)
+    else:
+        checkpoint = _save_final(policy, output_dir, provenance)
     log.write(event="checkpoint", step=step, path=str(checkpoint))
     if config.eval_every and step % config.eval_every == 0:
         best = _evaluate(checkpoint, config, output_dir, step, log, best)
