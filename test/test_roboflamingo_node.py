@@ -21,7 +21,8 @@ def _call(robot, client, request, timeout=30.0):
     return future.result()
 
 
-def test_node_publishes_roboflamingo_chunks_and_resets_on_request(robot, spawn, tmp_path):
+def test_node_publishes_roboflamingo_chunks_and_resets_on_request(robot, spawn, tmp_path,
+                                                                 rclpy_context):
     from std_srvs.srv import Trigger
     policy = build_roboflamingo(get_preset("tiny-roboflamingo-chunk"), seed=0)
     policy.save_pretrained(tmp_path / "roboflamingo")
@@ -38,8 +39,19 @@ def test_node_publishes_roboflamingo_chunks_and_resets_on_request(robot, spawn, 
     assert response.success and "history cleared" in response.message
     count = len(robot.chunks)
     assert robot.run_until(lambda: len(robot.chunks) > count + 1, 60.0), node.output()[-3000:]
-    # Triggered at 4 Hz, trained on frames 0.2 s apart: the node says what to set.
-    assert "inference_rate_hz 5" in node.output() and node.poll() is None
+    # Triggered at 4 Hz, trained on frames 0.2 s apart: the node says what to set...
+    assert node.output().count("inference_rate_hz 5") == 1 and node.poll() is None
+    # ...and says it again when `ros2 param set` brings another wrong spacing, not for 5 Hz.
+    from param_client import ParameterClient
+    params = ParameterClient(rclpy_context, "vla_policy")
+    try:
+        assert params.wait(30.0)
+        assert params.set(inference_rate_hz=5.0)["inference_rate_hz"][0]
+        assert params.set(inference_rate_hz=3.0)["inference_rate_hz"][0]
+    finally:
+        params.close()
+    assert robot.run_until(lambda: node.output().count("inference_rate_hz 5") == 2, 10.0,
+                           publish=False), node.output()[-3000:]
 
 
 def test_family_mismatch_fails_at_start_up(spawn, tmp_path):

@@ -438,6 +438,11 @@ class VlaPolicyNode(AutoActive, Node):
             self._status_timer.reset()
         changed = ", ".join(f"{k}={v!r}" for k, v in new.items())
         self.get_logger().info(f"parameters changed: {changed}")
+        if {"trigger", "inference_rate_hz"} & set(new):
+            advice = history_rate_advice(self.policy, mode, float(rate),
+                                         self.params["step_period"])
+            if advice:
+                self.get_logger().warning(advice)
         self._wake.set()
         return SetParametersResult(successful=True)
 
