@@ -4,6 +4,7 @@ directories end with one clear line and exit status 2 (arguments) or 1 (data, OU
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,23 @@ def test_output_of_another_run_exits_1(dataset_dir: Path, tmp_path: Path,
     grown = {**state["episodes"], "train": [*state["episodes"]["train"], ["new.hdf5", 50]]}
     with pytest.raises(TrainError, match="other dataset episodes"):
         check_resume(state, path, same, 1, grown)
+
+
+def test_resume_keeps_the_saved_lora_rank_unless_one_is_given(
+        dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A run without --base started when --lora-rank defaulted to 32 (now 0 without --base):
+    # the same command again must continue it, not refuse "lora_rank 32 -> 0".
+    out = tmp_path / "out"
+    train(TrainConfig(data_dir=str(dataset_dir), output_dir=str(out), steps=1, batch_size=1,
+                      lora_rank=32, lr=1e-3, val_every=0))
+    capsys.readouterr()
+    argv = [str(dataset_dir), "--out", str(out), "--steps", "2", "--batch-size", "1",
+            "--lr", "1e-3", "--val-every", "0", "--device", "cpu", "-q"]
+    # An explicit other rank is still refused.
+    status, line = one_line_error(capsys, [*argv, "--lora-rank", "8"])
+    assert status == 1 and "(lora_rank 32 -> 8)" in line, line
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    assert "resumed from step 1" in capsys.readouterr().out
+    assert any("--lora-rank 32 as saved" in r.getMessage() for r in caplog.records)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vla_policy_node.train.dataset import DatasetError
 from vla_policy_node.train.loop import (FINAL_DIR, LOG_FILE, STATE_DIR, TrainConfig, TrainError,
-                                        train)
+                                        resume_settings, train)
 
 EPILOG = f"""\
 output directory:
@@ -230,15 +230,24 @@ def main(argv: list[str] | None = None) -> int:
     _check_paths(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.lora_rank is None:
+    log = logging.getLogger("vla-finetune")
+    resumed = resume_settings(args.out) if args.lora_rank is None else None
+    if resumed is not None and isinstance(resumed[1].get("lora_rank"), int):
+        # The default changed (it was 32 with or without --base): "run the same command
+        # again" must continue a run started before, so its rank wins over the new default.
+        args.lora_rank = resumed[1]["lora_rank"]
+        if rank == 0:
+            log.info("resuming %s: --lora-rank %d as saved (no --lora-rank given)",
+                     resumed[0], args.lora_rank)
+    elif args.lora_rank is None:
         # A random backbone has nothing for low-rank adapters to adapt: train every weight.
         args.lora_rank = 32 if args.base else 0
         if not args.base and rank == 0:
-            logging.getLogger("vla-finetune").info(
+            log.info(
                 "no --base: random %s weights, training every parameter (--lora-rank 0)",
                 args.preset)
     elif args.lora_rank > 0 and not args.base and rank == 0:
-        logging.getLogger("vla-finetune").warning(
+        log.warning(
             "LoRA (--lora-rank %d) on random weights: only the adapters and heads learn, the "
             "random backbone stays; --lora-rank 0 trains from scratch", args.lora_rank)
     try:

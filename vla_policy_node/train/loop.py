@@ -271,6 +271,15 @@ def _load_latest_state(output_dir: Path) -> tuple[Path | None, dict[str, Any] | 
     return None, None
 
 
+def resume_settings(output_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The state a run with this OUT would resume from and the settings it was saved with
+    (``TrainConfig`` as a dict), or None when there is none."""
+    path, state = _load_latest_state(Path(output_dir))
+    if state is None:
+        return None
+    return path, json.loads(state["config"])
+
+
 def _read_state(path: Path) -> dict[str, Any]:
     # mmap: each DDP rank reads the same file through the page cache instead of its own copy.
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
