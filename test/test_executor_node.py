@@ -481,3 +481,98 @@ def test_policy_killed_holds_with_zero_motion_and_a_restarted_policy_resumes(
         assert executor.poll() is None, executor.output()
     finally:
         driver.close()
+
+
+def change_lifecycle(driver: Driver, transition: str) -> bool:
+    """`ros2 lifecycle set /chunk_executor <transition>` from the driver; True on success."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    ids = {"deactivate": Transition.TRANSITION_DEACTIVATE,
+           "activate": Transition.TRANSITION_ACTIVATE,
+           "shutdown": Transition.TRANSITION_INACTIVE_SHUTDOWN}
+    client = driver.node.create_client(ChangeState, "/chunk_executor/change_state")
+    try:
+        assert driver.wait_for(client.service_is_ready), "no /chunk_executor/change_state"
+        future = client.call_async(ChangeState.Request(transition=Transition(id=ids[transition])))
+        assert driver.wait_for(future.done), f"lifecycle {transition} did not answer"
+        return future.result().success
+    finally:
+        driver.node.destroy_client(client)
+
+
+def test_lifecycle_never_lifts_an_operator_hold_and_shutdown_holds_for_good(
+        robot, rclpy_context, spawn, tmp_path):
+    """A lifecycle manager cycling deactivate/activate must not undo ~/stop or ~/pause (the
+    arm would move again); after shutdown ~/resume and chunks are refused."""
+    from std_msgs.msg import Float64MultiArray
+
+    path = params_file(tmp_path, output_types=["float64_array", "float64_array"],
+                       merge_strategy="replace")
+    executor = start_executor(spawn, path)
+    driver = Driver(rclpy_context, robot)
+    topic = "/follower_left/forward_position_controller/commands"
+    driver.listen(Float64MultiArray, topic)
+
+    def left_since(since: float) -> np.ndarray:
+        return np.array([m.data[:6] for t, m in driver.received[topic] if t > since])
+
+    def cycle_and_expect_hold(state: int, held: np.ndarray, target: np.ndarray) -> None:
+        assert change_lifecycle(driver, "deactivate")
+        assert change_lifecycle(driver, "activate")
+        since = driver.sim
+        driver.advance(0.6, chunk_every=0.1, target=target)
+        assert driver.status.state == state, (driver.status.state_name, executor.output())
+        commands = left_since(since)
+        assert len(commands) > 10
+        np.testing.assert_allclose(commands, np.tile(held, (len(commands), 1)), atol=1e-9)
+
+    try:
+        driver.pose = home(robot)
+        first, second = home(robot) + 0.05, home(robot) + 0.2
+        assert driver.wait_for(lambda: (driver.publish_chunk(first) or True)
+                               and bool(driver.received["/vla/executor_status"])
+                               and driver.status.accepted_chunks > 0), executor.output()
+        driver.advance(1.0, chunk_every=0.25, target=first)
+        at_first = np.asarray(driver.last(topic).data[:6])
+        np.testing.assert_allclose(at_first, first[:6], atol=1e-6)
+
+        # ~/stop, then deactivate + activate: still stopped, no motion toward `second`.
+        assert driver.call("/chunk_executor/stop").success
+        cycle_and_expect_hold(5, at_first, second)
+        # ~/pause likewise (chunks are merged while paused, but nothing moves).
+        assert driver.call("/chunk_executor/resume").success
+        assert driver.call("/chunk_executor/pause").success
+        cycle_and_expect_hold(4, at_first, second)
+
+        # While inactive, ~/resume is refused: the lifecycle holds.
+        assert change_lifecycle(driver, "deactivate")
+        refused = driver.call("/chunk_executor/resume")
+        assert not refused.success and "inactive" in refused.message
+        assert change_lifecycle(driver, "activate")
+        assert driver.status.state == 4  # the operator's pause still stands
+        # A deactivation that did the pausing is lifted by activate: the arm moves on.
+        assert driver.call("/chunk_executor/resume").success
+        driver.advance(1.0, chunk_every=0.1, target=second)
+        assert change_lifecycle(driver, "deactivate")
+        driver.advance(0.2)
+        assert driver.status.state == 4
+        assert change_lifecycle(driver, "activate")
+        driver.advance(1.0, chunk_every=0.1, target=second)
+        np.testing.assert_allclose(driver.last(topic).data[:6], second[:6], atol=1e-6)
+        at_second = np.asarray(driver.last(topic).data[:6])
+
+        # Shutdown holds for good: ~/resume and chunks are refused, nothing moves.
+        assert change_lifecycle(driver, "deactivate")
+        assert change_lifecycle(driver, "shutdown")
+        refused = driver.call("/chunk_executor/resume")
+        assert not refused.success and "shut down" in refused.message
+        rejected = driver.status.rejected_chunks
+        since = driver.sim
+        driver.advance(0.6, chunk_every=0.1, target=first)
+        assert driver.status.rejected_chunks > rejected
+        assert "shut down" in driver.status.last_rejection
+        commands = left_since(since)
+        np.testing.assert_allclose(commands, np.tile(at_second, (len(commands), 1)), atol=1e-9)
+        assert executor.poll() is None, executor.output()
+    finally:
+        driver.close()

@@ -6,7 +6,13 @@ Thin plumbing around :class:`vla_policy_node.control.ExecutorCore`, which decide
 * ticks on a dedicated thread on absolute deadlines of the node's clock (ROS time, so
   ``use_sim_time`` follows ``/clock``), publishing one command per arm per tick;
 * publishes ``vla_msgs/ExecutorStatus`` at ``status_rate_hz`` (the policy node's demand);
-* serves ``~/pause``, ``~/resume``, ``~/stop`` (std_srvs/Trigger).
+* serves ``~/pause``, ``~/resume``, ``~/stop`` and ``~/reset`` (std_srvs/Trigger): pause holds
+  the last command and keeps merging chunks; stop holds it, clears the plan and rejects chunks
+  until resume; reset is a stop that also forgets the last command (and the joint states
+  received so far), so nothing is sent until resume and a new chunk, which ramps from the
+  measured pose (for a robot or simulator moved by someone else, e.g. between episodes);
+* is a managed node that activates itself: ``deactivate`` holds like ``~/pause``, ``activate``
+  lifts only that hold (never an operator's pause or stop), ``shutdown`` holds for good.
 
 Run: ``python -m vla_policy_node.nodes.chunk_executor --ros-args --params-file
 config/aloha.yaml [-p use_sim_time:=true]``.
@@ -42,7 +48,7 @@ from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
 from vla_policy_node.nodes.diagnostics import (
     Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
-from vla_policy_node.nodes.lifecycle import AutoActive
+from vla_policy_node.nodes.lifecycle import AutoActive, SHUTDOWN
 from vla_policy_node.nodes.parameters import (
     declare_derived, declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
@@ -189,7 +195,7 @@ class ChunkExecutorNode(AutoActive, Node):
 
     A managed node that activates itself (nodes/lifecycle.py): ``ros2 lifecycle set
     /chunk_executor deactivate`` holds the last command like ``~/pause``; ``activate``
-    resumes.
+    resumes what deactivate paused, never an operator's ``~/pause`` / ``~/stop``.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -217,9 +223,14 @@ class ChunkExecutorNode(AutoActive, Node):
                                      qos_profile_sensor_data)
         self._status_pub = self.create_publisher(ExecutorStatus, params["status_topic"], 10)
         self.create_timer(1.0 / params["status_rate_hz"], self._publish_status)
-        for name, handler in (("~/pause", self.core.pause), ("~/resume", self.core.resume),
-                              ("~/stop", self.core.stop), ("~/reset", self.core.reset)):
-            self.create_service(Trigger, name, self._trigger(handler))
+        self._lifecycle_lock = threading.Lock()
+        self._inactive = False  # deactivated (or shut down) through the lifecycle
+        self._lifecycle_paused = False  # ... and that deactivation did the pausing
+        self._shut_down = False
+        for name, handler in (("pause", self.core.pause), ("resume", self.core.resume),
+                              ("stop", self.core.stop), ("reset", self.core.reset)):
+            self.create_service(Trigger, f"~/{name}",
+                                self._trigger(self._operator(name, handler)))
         self._diagnostic_deltas = CounterDeltas()
         self.diagnostics = DiagnosticsPublisher(self, {"execution": self._diagnose},
                                                 hardware_id=",".join(self.robot.arms))
@@ -240,14 +251,57 @@ class ChunkExecutorNode(AutoActive, Node):
         self.activate_lifecycle()
 
     # ------------------------------------------------------------------ lifecycle
+    # A lifecycle transition never overrides the operator: activate undoes only the pause that
+    # deactivate made. An executor already paused or stopped by ~/pause / ~/stop / ~/reset
+    # stays so through deactivate / activate (a lifecycle manager cycling the node must not
+    # undo an e-stop-like ~/stop), and ~/resume waits for activate. After shutdown nothing
+    # resumes: ~/resume and chunks are refused until the node is restarted.
     def lifecycle_hold(self, reason: str) -> tuple[bool, str]:
-        ok, message = self.core.pause()
-        if not ok and self.core.state.name == "STOPPED":
-            return True, "stopped: holding the last command"
-        return ok, message
+        with self._lifecycle_lock:
+            self._inactive = True
+            if reason == SHUTDOWN:
+                self._shut_down = True
+            state = self.core.state.name.lower()
+            if state in ("paused", "stopped"):
+                # Held by the operator (or by an earlier deactivate): leave it to them.
+                return True, f"{state}: holding the last command"
+            ok, message = self.core.pause()
+            self._lifecycle_paused = ok
+            return ok, message
 
     def lifecycle_resume(self) -> tuple[bool, str]:
-        return self.core.resume()
+        with self._lifecycle_lock:
+            if self._shut_down:
+                return False, "shut down: holds for good; restart the node"
+            self._inactive = False
+            if not self._lifecycle_paused:
+                state = self.core.state.name.lower()
+                if state in ("paused", "stopped"):
+                    return True, (f"active, still {state} by the operator (~/pause, ~/stop "
+                                  "or ~/reset): call ~/resume to move again")
+                return True, state
+            self._lifecycle_paused = False
+            return self.core.resume()
+
+    def _operator(self, service: str, handler: Callable[[], tuple[bool, str]]
+                  ) -> Callable[[], tuple[bool, str]]:
+        """~/pause, ~/stop, ~/reset, ~/resume with the lifecycle's say (see above)."""
+        def serve() -> tuple[bool, str]:
+            with self._lifecycle_lock:
+                if service == "resume":
+                    if self._shut_down:
+                        return False, ("refused: the node was shut down (ros2 lifecycle "
+                                       "shutdown) and holds for good; restart it to move again")
+                    if self._inactive:
+                        return False, ("refused: the node is inactive (ros2 lifecycle); "
+                                       "`ros2 lifecycle set /chunk_executor activate` first")
+                    return handler()
+                ok, message = handler()
+                if ok:
+                    # The operator's hold now stands: activate must not lift it.
+                    self._lifecycle_paused = False
+                return ok, message
+        return serve
 
     # ------------------------------------------------------------------ setup
     def _declare_parameters(self) -> dict[str, Any]:
@@ -341,6 +395,10 @@ class ChunkExecutorNode(AutoActive, Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_chunk(self, msg: ActionChunkMsg) -> None:
+        if self._shut_down:
+            self.core.reject_chunk(int(msg.chunk_id), "the node was shut down (ros2 lifecycle "
+                                   "shutdown): holds for good; restart it")
+            return
         try:
             chunk = action_chunk_from_msg(msg)
         except (ChunkError, ValueError, TypeError) as exc:

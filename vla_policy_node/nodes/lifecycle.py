@@ -8,9 +8,11 @@ robot's bringup or an operator can still drive them with ``ros2 lifecycle``:
 * at start the node walks ``unconfigured -> inactive -> active`` by itself;
 * ``deactivate`` calls the node's :meth:`AutoActive.lifecycle_hold` (the executor holds its
   last command, the policy stops inferring); ``activate`` calls
-  :meth:`AutoActive.lifecycle_resume`;
+  :meth:`AutoActive.lifecycle_resume`, which undoes only what the hold did (an executor
+  paused or stopped by its operator stays so);
 * ``cleanup`` keeps holding (the node stays built: there is nothing to unload), ``configure``
-  then succeeds at once; ``shutdown`` holds for good (the process ends on Ctrl-C).
+  then succeeds at once; ``shutdown`` calls ``lifecycle_hold(SHUTDOWN)`` and holds for good
+  (the executor refuses ``~/resume`` and chunks; the process ends on Ctrl-C).
 
 Publishers stay ordinary publishers: an inactive node keeps publishing its status and
 diagnostics, which is what tells an operator why it holds.
@@ -22,6 +24,7 @@ from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallba
 from rclpy.node import Node
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+SHUTDOWN = "shut down"  # the reason lifecycle_hold gets on shutdown: hold for good
 
 
 class AutoActive(LifecycleNodeMixin):
@@ -68,5 +71,5 @@ class AutoActive(LifecycleNodeMixin):
         return SUCCESS  # still holding; nothing to unload
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.lifecycle_hold("shut down")
+        self.lifecycle_hold(SHUTDOWN)
         return SUCCESS
