@@ -21,9 +21,10 @@ FAMILIES = ("oft", "roboflamingo")
 class PolicyFamily(Protocol):
     """Observations in, un-normalized (K, D) action chunks out.
 
-    ``infer`` may keep history (RoboFlamingo: one frame per call); ``reset`` forgets it (the
-    node calls it when the instruction changes and on its ``~/reset`` service). Families
-    without history implement ``reset`` as a no-op.
+    ``infer`` may keep history (RoboFlamingo: one frame per call, forgotten by ``infer``
+    itself when the instruction changes); ``reset`` forgets it (the node calls it on its
+    ``~/reset`` service and after its warm-up inference). Families without history
+    implement ``reset`` as a no-op.
     """
 
     family: str
