@@ -83,3 +83,18 @@ def test_training_with_the_cache_equals_training_without(dataset_dir, tmp_path):
     with_cache, without = run("cached", True), run("plain", False)
     assert with_cache.losses == without.losses
     assert len(list((tmp_path / "cached" / "image_cache").glob("images_*.npy"))) == 2  # +val
+
+
+def test_window_datasets_never_get_the_image_cache(dataset_dir, policy, tmp_path):
+    # A history family's windows are read frame by frame by sample(): the cache must be
+    # refused by the dataset itself, whatever the processor (OFT's is cacheable).
+    from vla_policy_node.train.loop import _image_cache
+    from vla_policy_node.train.windows import WindowDataset
+    paths, _ = split_episodes(dataset_dir, 0)
+    windows = WindowDataset(paths, policy.camera_names, 2, 1, policy.chunk_length,
+                            policy.action_dim)
+    assert EpisodeDataset.supports_image_cache and not windows.supports_image_cache
+    config = TrainConfig(data_dir=str(dataset_dir), output_dir=str(tmp_path),
+                         cache_images=True, cache_dir=str(tmp_path / "cache"))
+    assert _image_cache(policy, config, tmp_path, 0, 1, [windows]) is policy.processor
+    assert windows.image_cache is None and not (tmp_path / "cache").exists()

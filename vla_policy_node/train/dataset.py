@@ -44,6 +44,9 @@ class EpisodeDataset:
         action_dim: D (checked against every episode).
     """
 
+    #: Whether :class:`ImageCache` can serve this dataset's samples (one frame per sample).
+    supports_image_cache: bool = True
+
     def __init__(self, paths: Sequence[str | os.PathLike], camera_names: Sequence[str],
                  chunk_length: int, action_dim: int) -> None:
         if not paths:

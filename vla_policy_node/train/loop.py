@@ -432,7 +432,7 @@ def _image_cache(policy: Any, config: TrainConfig, output_dir: Path, rank: int, 
     """Build (rank 0) and attach the image caches; the processor the batches go through."""
     if not config.cache_images:
         return policy.processor
-    if not (cacheable(policy.processor) and all(isinstance(d, EpisodeDataset)
+    if not (cacheable(policy.processor) and all(getattr(d, "supports_image_cache", False)
                                                 for d in datasets)):
         logger.info("image cache: not available for this model family, decoding on the fly")
         return policy.processor

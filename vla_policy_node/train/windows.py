@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 class WindowDataset(EpisodeDataset):
     """Windows of ``window`` frames (stride ``frame_stride``) over a set of episode files."""
 
+    # A sample is W frames, read by sample() straight from the episodes: the image cache,
+    # keyed by frame, is not wired in (nor is it needed: history families run their own
+    # image chain, which the cache does not split).
+    supports_image_cache = False
+
     def __init__(self, paths: Sequence[str | os.PathLike], camera_names: Sequence[str],
                  window: int, frame_stride: int, chunk_length: int, action_dim: int) -> None:
         super().__init__(paths, camera_names, chunk_length, action_dim)
