@@ -576,3 +576,38 @@ def test_lifecycle_never_lifts_an_operator_hold_and_shutdown_holds_for_good(
         assert executor.poll() is None, executor.output()
     finally:
         driver.close()
+
+
+def test_a_normal_start_reads_ok_in_diagnostics(robot, rclpy_context, spawn, tmp_path):
+    """A start from a gripper resting just beyond "closed" (clamped within start_margin, as in
+    the simulator) and its rate-limited ramp are expected: /diagnostics stays OK and shows
+    them as values. Before, both bumped clamped/rate-limited commands and every start, resume
+    and reset read WARN."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    executor = start_executor(spawn, params_file(tmp_path))
+    driver = Driver(rclpy_context, robot)
+    driver.listen(DiagnosticArray, "/diagnostics")
+
+    def execution(since: float) -> list:
+        return [s for t, array in driver.received["/diagnostics"] if t > since
+                for s in array.status if s.name == "chunk_executor: execution"]
+    try:
+        driver.pose = home(robot)
+        driver.pose[robot.joint_names.index("right_gripper")] = -0.02
+        target = home(robot) + 0.6 * np.eye(robot.dim)[1]  # a ramp of several ticks
+        assert driver.wait_for(lambda: bool(execution(-np.inf))), executor.output()
+        since = driver.sim
+        driver.advance(3.0, chunk_every=0.25, target=target)
+        assert driver.status.state == 2, driver.status.state_name  # running
+        statuses = execution(since)
+        assert len(statuses) >= 2
+        assert [s.level for s in statuses] == [statuses[0].level] * len(statuses)
+        assert statuses[0].level in (0, b"\x00"), [s.message for s in statuses]
+        values = {kv.key: kv.value for kv in statuses[-1].values}
+        assert values["clamped_start_poses"] == "1"
+        assert int(values["ramp_rate_limited_commands"]) > 0
+        assert values["clamped_commands"] == values["rate_limited_commands"] == "0"
+        assert executor.poll() is None, executor.output()
+    finally:
+        driver.close()
