@@ -58,6 +58,9 @@ def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int,
     (["--lora-dropout", "1"], "--lora-dropout must be in [0, 1), got 1.0"),
     (["--backbone-lr", "0"], "--backbone-lr must be > 0, got 0.0"),
     (["--eval-every", "-1"], "argument --eval-every: must be >= 0, got -1"),
+    (["--preset", "tiny-roboflamingo", "--backbone-lr", "1e-4"],
+     "--backbone-lr is for OFT models: RoboFlamingo trains its released set (perceiver, "
+     "cross-attention, embeddings, head) at --lr, its CLIP and language model frozen"),
     (["--preset", "big"], "unknown --preset 'big'; known: "
                           + ", ".join(OFT_PRESETS + ROBOFLAMINGO_PRESETS)),
 ])
@@ -127,3 +130,26 @@ def test_resume_keeps_the_saved_lora_rank_unless_one_is_given(
         assert main(argv) == 0
     assert "resumed from step 1" in capsys.readouterr().out
     assert any("--lora-rank 32 as saved" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("preset, says, never", [
+    ("tiny", "training every parameter", "frozen"),
+    ("tiny-roboflamingo", "its CLIP and language model stay frozen", "every parameter"),
+])
+def test_from_scratch_line_says_what_the_family_trains(
+        dataset_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        preset: str, says: str, never: str) -> None:
+    # --lr -1 stops main right after the line, before any model is built.
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit):
+        main([str(dataset_dir), "--out", str(tmp_path), "--preset", preset, "--lr", "-1"])
+    lines = [r.getMessage() for r in caplog.records if "no --base" in r.getMessage()]
+    assert len(lines) == 1 and says in lines[0] and never not in lines[0], lines
+
+
+def test_train_refuses_backbone_lr_for_a_family_with_its_own_groups(
+        dataset_dir: Path, tmp_path: Path) -> None:
+    # The library path, not only the command line: never silently ignored.
+    with pytest.raises(TrainError, match="backbone_lr is for OFT models: roboflamingo"):
+        train(TrainConfig(data_dir=str(dataset_dir), output_dir=str(tmp_path),
+                          preset="tiny-roboflamingo", steps=1, batch_size=1, lora_rank=0,
+                          backbone_lr=1e-4, val_every=0))

@@ -33,7 +33,8 @@ output directory:
   {"OUT/evals/":<22} with --eval-every: each evaluation's report, video and plot
   {"OUT/image_cache/":<22} frames at the model's resolution (--cache-images)
 
-from scratch (no --base): every weight is trained (--lora-rank 0 is the default then);
+from scratch (no --base): every weight of an OFT model is trained (--lora-rank 0 is the
+  default then; RoboFlamingo trains its released set, CLIP and language model frozen);
   e.g. --lr 3e-4 --lr-schedule cosine --warmup-steps 500 (see docs/learning.md).
 
 stopping: SIGINT (Ctrl-C) or SIGTERM ends the current step, saves a resume state and
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--backbone-lr", type=float, default=None, metavar="LR",
                      help="learning rate of the vision towers, projector and language model "
                           "(or their LoRA adapters); the action head, proprio projector and "
-                          "FiLM keep --lr (default: --lr)")
+                          "FiLM keep --lr (default: --lr; OFT models only)")
     opt.add_argument("--lr-schedule", choices=("step", "cosine"), default="step",
                      help="step: x0.1 from --lr-decay-step (OFT); cosine: down to 1%% of the "
                           "peak at --steps (default: %(default)s)")
@@ -200,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Usage errors found before anything heavy loads (exit 2)."""
+def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Usage errors found before anything heavy loads (exit 2). Returns the policy family."""
     if not Path(args.data_dir).is_dir():
         parser.error(f"dataset directory {args.data_dir} does not exist")
     if args.base and not Path(args.base).is_dir():
@@ -218,6 +219,15 @@ def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     PRESETS = OFT_PRESETS + ROBOFLAMINGO_PRESETS
     if not args.base and args.preset not in PRESETS:
         parser.error(f"unknown --preset {args.preset!r}; known: {', '.join(PRESETS)}")
+    from vla_policy_node.model.family import resolve_family
+    family = resolve_family(args.base or None, args.preset)
+    if family == "roboflamingo" and args.backbone_lr is not None:
+        # Its optimizer groups are the release's (weight decay on cross-attention); CLIP and
+        # the language model are frozen, so there is no backbone for a second rate.
+        parser.error("--backbone-lr is for OFT models: RoboFlamingo trains its released set "
+                     "(perceiver, cross-attention, embeddings, head) at --lr, its CLIP and "
+                     "language model frozen")
+    return family
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun the other ranks say only what goes wrong: one copy of the log is enough.
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    _check_paths(parser, args)
+    family = _check_paths(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     log = logging.getLogger("vla-finetune")
@@ -242,11 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.lora_rank is None:
         # A random backbone has nothing for low-rank adapters to adapt: train every weight.
         args.lora_rank = 32 if args.base else 0
-        if not args.base and rank == 0:
+        if not args.base and rank == 0 and family == "oft":
             log.info(
                 "no --base: random %s weights, training every parameter (--lora-rank 0)",
                 args.preset)
-    elif args.lora_rank > 0 and not args.base and rank == 0:
+        elif not args.base and rank == 0:
+            log.info("no --base: random %s weights; RoboFlamingo trains its released set "
+                     "(perceiver, cross-attention, embeddings, head), its CLIP and language "
+                     "model stay frozen", args.preset)
+    elif args.lora_rank > 0 and not args.base and rank == 0 and family == "oft":
         log.warning(
             "LoRA (--lora-rank %d) on random weights: only the adapters and heads learn, the "
             "random backbone stays; --lora-rank 0 trains from scratch", args.lora_rank)

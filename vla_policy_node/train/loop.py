@@ -579,6 +579,9 @@ def train(config: TrainConfig, progress: Callable[[int, float], None] | None = N
     # A family may group its parameters (RoboFlamingo: weight decay on cross-attention only)
     # and shape the lr (RoboFlamingo: linear warmup).
     # OFT models: heads at --lr, towers/projector/LLM at --backbone-lr when given.
+    if config.backbone_lr is not None and hasattr(policy, "optimizer_groups"):
+        raise TrainError(f"backbone_lr is for OFT models: {policy.family} has its own "
+                         f"optimizer groups at lr")
     groups = (policy.optimizer_groups(config.lr, config.weight_decay)
               if hasattr(policy, "optimizer_groups")
               else parameter_groups(model, params, config.lr, config.backbone_lr,
