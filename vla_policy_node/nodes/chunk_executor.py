@@ -47,7 +47,7 @@ from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import action_chunk_from_msg, seconds_to_duration
 from vla_policy_node.nodes.diagnostics import (
-    Check, CounterDeltas, DiagnosticsPublisher, ERROR, summarize, WARN)
+    Check, CounterDeltas, DiagnosticsPublisher, ERROR, RosLogHandler, summarize, WARN)
 from vla_policy_node.nodes.lifecycle import AutoActive, SHUTDOWN
 from vla_policy_node.nodes.parameters import (
     declare_derived, declare_parameters, ParameterSpec, robot_parameter_specs)
@@ -121,23 +121,6 @@ PARAMETERS: tuple[ParameterSpec, ...] = robot_parameter_specs(read_only=True) + 
     _spec("include_gripper", True,
           "joint_trajectory / float64_array: append the gripper (driver units) to each arm"),
 )
-
-
-class _RosLogHandler(logging.Handler):
-    """Forwards the core's Python log records to the node's ROS logger."""
-
-    def __init__(self, node: Node) -> None:
-        super().__init__(logging.INFO)
-        self._logger = node.get_logger()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = self.format(record)
-        if record.levelno >= logging.ERROR:
-            self._logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self._logger.warning(message)
-        else:
-            self._logger.info(message)
 
 
 class RosTimeSource:
@@ -314,8 +297,8 @@ class ChunkExecutorNode(AutoActive, Node):
         core_logger.setLevel(logging.INFO)
         core_logger.propagate = False
         core_logger.handlers = [h for h in core_logger.handlers
-                                if not isinstance(h, _RosLogHandler)]
-        core_logger.addHandler(_RosLogHandler(self))
+                                if not isinstance(h, RosLogHandler)]
+        core_logger.addHandler(RosLogHandler(self.get_logger(), logging.INFO))
 
     def _create_outputs(self, params: dict[str, Any]) -> dict[str, tuple[str, Callable]]:
         arms = self.robot.arms
@@ -504,7 +487,7 @@ class ChunkExecutorNode(AutoActive, Node):
         self._time.close()
         logging.getLogger(CORE_LOGGER).handlers = [
             h for h in logging.getLogger(CORE_LOGGER).handlers
-            if not isinstance(h, _RosLogHandler)]
+            if not isinstance(h, RosLogHandler)]
         super().destroy_node()
 
 

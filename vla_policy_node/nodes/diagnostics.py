@@ -116,5 +116,19 @@ class NodeLog:
             self._logger.error(message)
         elif level >= logging.WARNING:
             self._logger.warning(message)
-        else:
+        elif level >= logging.INFO:
             self._logger.info(message)
+        else:
+            self._logger.debug(message)
+
+
+class RosLogHandler(logging.Handler):
+    """Forwards the core's Python log records (``logging.getLogger(__name__)`` in
+    ``control/``, ``sim/``...) to a node's ROS logger."""
+
+    def __init__(self, ros_logger: Any, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._log = NodeLog(ros_logger)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._log.log(record.levelno, self.format(record))

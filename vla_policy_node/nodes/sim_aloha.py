@@ -50,7 +50,7 @@ from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import seconds_to_time
 from vla_policy_node.control.throttle import ThrottledLogger
 from vla_policy_node.nodes.diagnostics import Check, CounterDeltas, DiagnosticsPublisher
-from vla_policy_node.nodes.diagnostics import NodeLog, summarize, WARN
+from vla_policy_node.nodes.diagnostics import NodeLog, RosLogHandler, summarize, WARN
 from vla_policy_node.nodes.parameters import (
     declare_parameters, ParameterSpec, robot_parameter_specs)
 from vla_policy_node.nodes.runner import run_node
@@ -357,22 +357,9 @@ class SimAlohaNode(Node):
         super().destroy_node()
 
 
-class _RosLogHandler(logging.Handler):
-    """Forwards the core's ``logging`` records to the node's ROS logger."""
-
-    def __init__(self, node: Node) -> None:
-        super().__init__()
-        self._logger = node.get_logger()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(
-            record.levelno, "error")
-        getattr(self._logger, level)(record.getMessage())
-
-
 def _spin(node: "SimAlohaNode") -> None:
     """ROS callbacks on a thread; the simulation loop on this one, until shutdown."""
-    logging.getLogger("vla_policy_node.sim").addHandler(_RosLogHandler(node))
+    logging.getLogger("vla_policy_node.sim").addHandler(RosLogHandler(node.get_logger()))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
 
