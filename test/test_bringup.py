@@ -113,7 +113,9 @@ def test_ctrl_c_stops_the_sim_bringup_quietly_within_2_s(spawn, rclpy_context, r
     config = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" /
                              "aloha.yaml").read_text())
     config["sim_aloha"]["ros__parameters"].update(camera_height=48, camera_width=64)
-    config["vla_policy"]["ros__parameters"].update(torch_threads=1)
+    # the policy accepts the small camera images (they are outside 4x of 480x640 otherwise)
+    config["vla_policy"]["ros__parameters"].update(torch_threads=1, **{
+        "cameras.heights": [48], "cameras.widths": [64]})
     config_file = tmp_path / "aloha.yaml"
     config_file.write_text(yaml.safe_dump(config))
     bringup = spawn([sys.executable, "-m", "vla_policy_node.tools.bringup", "--sim", "true",

@@ -368,6 +368,11 @@ def _spin(node: "SimAlohaNode") -> None:
             executor.spin()
         except ExternalShutdownException:
             pass  # Ctrl-C / shutdown: the main loop ends too
+        except Exception:
+            if node.context.ok():
+                raise
+            # A callback that raced the shutdown (a timer publishing while the context is
+            # torn down: "publisher's context is invalid"): nothing to report, we are stopping.
 
     threading.Thread(target=spin_callbacks, name="ros", daemon=True).start()
     node.run()

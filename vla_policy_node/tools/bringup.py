@@ -171,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
                 break
         codes = processes.stop()
+    # Everything is stopped. A second Ctrl-C (a terminal sends one per key press) must not
+    # land while the interpreter finalizes: Python restores the default handlers there, and
+    # the bringup would die by SIGINT (exit -2) instead of returning 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     failed = {name: code for name, code in codes.items() if code not in (0, -2, -15)}
     return 1 if (failed and not stop.is_set()) else 0
 
