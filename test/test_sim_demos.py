@@ -65,8 +65,19 @@ def _small_camera_config(tmp_path: Path) -> Path:
     return path
 
 
+def _layout(path: Path) -> dict[str, tuple]:
+    """Every dataset of an episode file: name -> (shape without the time axis, dtype)."""
+    import h5py
+    found: dict[str, tuple] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: found.__setitem__(name, (item.shape[1:], item.dtype))
+                     if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
 def test_scripted_episode_through_ros_is_recorded_by_vla_record(spawn, tmp_path: Path) -> None:
-    """sim_aloha + vla-record as processes, the scripted teleoperator commanding over DDS."""
+    """sim_aloha + vla-record as processes, the scripted teleoperator commanding over DDS;
+    the cameras recorded as JPEG CompressedImage (sim_aloha's <topic>/compressed)."""
     config = _small_camera_config(tmp_path)
     bags, report_path = tmp_path / "bags", tmp_path / "report.json"
     tool = spawn([sys.executable, "-m", "vla_policy_node.tools.sim_demos", "--out", str(bags),
@@ -88,7 +99,12 @@ def test_scripted_episode_through_ros_is_recorded_by_vla_record(spawn, tmp_path:
     # rate over the 8 s episode, images at the 10 Hz camera rate.
     assert contents.topics["/follower_left/commands/joint_group"].count == 400
     assert contents.topics["/follower_right/joint_states"].count >= 400
-    assert contents.topics["/cam_left_wrist/camera/color/image_rect_raw"].count >= 80
+    for camera in CAMERAS:
+        topic = f"/{camera}/camera/color/image_rect_raw"
+        assert topic not in contents.topics
+        assert contents.topics[topic + "/compressed"].msgtype == \
+            "sensor_msgs/msg/CompressedImage"
+        assert contents.topics[topic + "/compressed"].count >= 80
     # The configuration says teleoperation (leader arms); the bag says where its actions are.
     assert contents.custom_data["vla.action_source"] == "commands"
     converted = convert_bag(bag, DataSpec.from_file(config), tmp_path / "out")
@@ -96,3 +112,35 @@ def test_scripted_episode_through_ros_is_recorded_by_vla_record(spawn, tmp_path:
     assert converted.success is True
     assert converted.instruction == INSTRUCTIONS["transfer_cube"]
     assert converted.frames >= 190 and converted.dropped_frames == 0
+    # The same dataset layout as raw frames give (here the --direct writer's raw bag of the
+    # same episode): datasets, per-frame shapes and dtypes.
+    spec = DataSpec.from_file(config, action_source="commands")
+    with AlohaSim(spec.robot, SimConfig(camera_height=48, camera_width=64)) as sim:
+        assert write_scripted_bag(tmp_path / "raw_bag", spec, sim, "transfer_cube", 3, CAMERAS)
+    raw = convert_bag(tmp_path / "raw_bag", spec, tmp_path / "raw_out")
+    assert raw.status == "converted", raw.error
+    assert _layout(tmp_path / "out" / converted.outputs[0]) == \
+        _layout(tmp_path / "raw_out" / raw.outputs[0])
+    from vla_policy_node.data.episodes import Episode
+    with Episode(tmp_path / "out" / converted.outputs[0]) as episode:
+        assert episode.image("cam_high", 100).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("raw_images", [False, True])
+def test_ros_recorder_records_jpeg_unless_raw_images(tmp_path: Path, raw_images: bool) -> None:
+    """vla-sim-demos through ROS: the recorder's topic set (what the node derives from its
+    camera_transports parameter) holds the cameras' /compressed siblings, or with --raw-images
+    the raw topics, whatever vla_policy cameras.transports says."""
+    from vla_policy_node.tools.sim_demos import node_set
+    config = str(default_config_path())
+    [_, recorder] = node_set(config, tmp_path, "mcap", "transfer_cube", 0, raw_images)
+    topics = DataSpec.from_file(config, action_source="commands", camera_transports=(
+        recorder.overrides["camera_transports"])).record_topics()
+    for camera in CAMERAS:
+        topic = f"/{camera}/camera/color/image_rect_raw"
+        if raw_images:
+            assert topics[topic] == "sensor_msgs/msg/Image" and topic + "/compressed" \
+                not in topics
+        else:
+            assert topics[topic + "/compressed"] == "sensor_msgs/msg/CompressedImage"
+            assert topic not in topics

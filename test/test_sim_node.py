@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from param_client import DiagnosticsListener, values
 from ros_harness import python_module, REPO_ROOT, wait_until
+from vla_policy_node.data.images import decode_image, encode_compressed
 
 CONFIG = str(Path(REPO_ROOT) / "config" / "aloha.yaml")
 
@@ -183,3 +186,80 @@ def test_sim_renders_nothing_without_camera_subscribers(spawn, rclpy_context,
     # The final report counts frames; with nobody listening none was rendered.
     log = sim.log_path.read_text()
     assert "stopped at sim time" in log and "'frames': 0" in log, log[-2000:]
+
+
+def test_sim_publishes_jpeg_on_compressed_only_while_listened_to(spawn, rclpy_context,
+                                                                 tmp_path: Path) -> None:
+    """<topic>/compressed carries the frame as image_transport's compressed plugin would
+    (JPEG at the configured quality, decodable by the policy node's decoder); nothing is
+    encoded while nobody subscribes to it, even when the raw topic is listened to."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+
+    topic = "/cam_high/camera/color/image_rect_raw"
+    sim = _start_sim(spawn, tmp_path, jpeg_quality=75)
+    node = rclpy.create_node("sim_probe_jpeg", context=rclpy_context)
+    executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    diagnostics = DiagnosticsListener(rclpy_context)
+    raw: dict[tuple[int, int], Image] = {}
+    jpeg: dict[tuple[int, int], CompressedImage] = {}
+
+    def stamp(msg) -> tuple[int, int]:
+        return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+    def spin() -> None:
+        executor.spin_once(timeout_sec=0.02)
+        diagnostics.spin()
+
+    def counters() -> dict[str, int] | None:
+        status = diagnostics.latest("sim_aloha: simulation")
+        if status is None:
+            return None
+        found = values(status)
+        return {key: int(found[key]) for key in ("frames", "jpeg_frames") if key in found}
+
+    node.create_subscription(Image, topic, lambda m: raw.__setitem__(stamp(m), m),
+                             qos_profile_sensor_data)
+    try:
+        # Raw only: frames are rendered and published, none is encoded.
+        assert wait_until(lambda: len(raw) >= 3 and (counters() or {}).get("frames", 0) >= 3,
+                          timeout=30.0, step=spin), sim.output()[-2000:]
+        assert counters()["jpeg_frames"] == 0, counters()
+        # A /compressed subscriber: JPEG frames of the raw frames, stamp for stamp.
+        jpeg_sub = node.create_subscription(
+            CompressedImage, topic + "/compressed",
+            lambda m: jpeg.__setitem__(stamp(m), m), qos_profile_sensor_data)
+        assert wait_until(lambda: len(set(raw) & set(jpeg)) >= 3, timeout=30.0, step=spin), \
+            sim.output()[-2000:]
+        for key in sorted(set(raw) & set(jpeg))[-3:]:
+            frame, compressed = raw[key], jpeg[key]
+            assert compressed.format == "rgb8; jpeg compressed bgr8"
+            assert compressed.header.frame_id == frame.header.frame_id == \
+                "cam_high_color_optical_frame"
+            pixels = np.frombuffer(bytes(frame.data), np.uint8).reshape(48, 64, 3)
+            # The configured quality (75, not the default 90), encoded like the --direct
+            # writer and the converter's JPEG episodes.
+            assert bytes(compressed.data) == encode_compressed(pixels, "jpeg", 75)
+            decoded = decode_image(compressed)
+            assert decoded.shape == (48, 64, 3) and decoded.dtype == np.uint8
+            error = np.abs(decoded.astype(np.int16) - pixels.astype(np.int16))
+            assert error.mean() < 3.0, error.mean()
+        assert counters()["jpeg_frames"] > 0
+        # The last /compressed subscriber leaves: encoding stops, rendering goes on.
+        node.destroy_subscription(jpeg_sub)
+        history: list[dict[str, int]] = []
+
+        def encoding_stopped() -> bool:
+            latest = counters()
+            if not history or latest != history[-1]:
+                history.append(latest)
+            return (len(history) >= 3 and history[-1]["jpeg_frames"] ==
+                    history[-2]["jpeg_frames"] and history[-1]["frames"] >
+                    history[-2]["frames"])
+        assert wait_until(encoding_stopped, timeout=20.0, step=spin), history
+    finally:
+        diagnostics.close()
+        executor.shutdown()
+        node.destroy_node()

@@ -24,6 +24,12 @@ def _split_names(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in (value or ()))
 
 
+def _recorded_transports(value: Any, cameras: int) -> tuple[str, ...]:
+    """``vla_recorder camera_transports``: comma-separated per camera, or one for all."""
+    transports = _split_names(value)
+    return transports * cameras if len(transports) == 1 else transports
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Topics and timing of a recorded episode.
@@ -32,7 +38,9 @@ class DataSpec:
         robot: the robot description (joint names, arms, follower gripper calibration).
         camera_names / camera_topics: cameras in model order and their topics.
         camera_transports: ``raw`` (Image on the topic) or ``compressed`` (CompressedImage on
-            ``<topic>/compressed``) per camera; empty: all raw.
+            ``<topic>/compressed``) per camera; empty: all raw. What is recorded: the
+            recorder's ``camera_transports`` when set, else the policy's
+            ``cameras.transports``.
         action_source: ``leader`` (leader arms' joint states) or ``commands`` (executor).
         leader_arms: leader namespaces in ``robot.arms`` order.
         leader_gripper_open / leader_gripper_close: leader gripper calibration (driver units).
@@ -78,7 +86,8 @@ class DataSpec:
         if len(transports) != len(self.camera_names) or not set(transports) <= {
                 "raw", "compressed"}:
             raise ValueError(
-                f"cameras.transports must be raw/compressed per camera, got {list(transports)}")
+                f"cameras.transports (vla_recorder camera_transports) must be raw/compressed "
+                f"per camera, got {list(transports)}")
         object.__setattr__(self, "camera_transports", tuple(transports))
         if self.action_source not in ACTION_SOURCES:
             raise ValueError(
@@ -105,12 +114,18 @@ class DataSpec:
     @classmethod
     def from_params(cls, policy: Mapping[str, Any], recorder: Mapping[str, Any],
                     **overrides: Any) -> "DataSpec":
-        """From the flat parameters of the ``vla_policy`` and ``vla_recorder`` sections."""
+        """From the flat parameters of the ``vla_policy`` and ``vla_recorder`` sections.
+
+        A ``camera_transports`` override may be the recorder parameter's string form.
+        """
+        cameras = len(policy.get("cameras.names", ()))
         values: dict[str, Any] = dict(
             robot=RobotConfig.from_params(recorder),
             camera_names=tuple(policy.get("cameras.names", ())),
             camera_topics=tuple(policy.get("cameras.topics", ())),
-            camera_transports=tuple(policy.get("cameras.transports", ())),
+            camera_transports=(
+                _recorded_transports(recorder.get("camera_transports", ""), cameras)
+                or tuple(policy.get("cameras.transports", ()))),
             action_source=str(recorder.get("action_source", "leader")),
             leader_arms=tuple(recorder.get("leader.arms", ("leader_left", "leader_right"))),
             leader_gripper_open=float(recorder.get("leader.gripper_open_position", 0.8298)),
@@ -127,6 +142,9 @@ class DataSpec:
             extra_topics=_split_names(recorder.get("extra_topics", "")),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values["camera_transports"], str):
+            values["camera_transports"] = _recorded_transports(values["camera_transports"],
+                                                               len(values["camera_names"]))
         return cls(**values)
 
     @classmethod

@@ -43,6 +43,10 @@ PARAMETERS = (
                   "package's config/aloha.yaml"),
     ParameterSpec("action_source", "", "leader (teleoperation) or commands (the Interbotix "
                   "commands on the follower command topics); empty: the config file's"),
+    ParameterSpec("camera_transports", "", "recorded camera transports: raw (Image on the "
+                  "topic) or compressed (CompressedImage on <topic>/compressed), "
+                  "comma-separated per camera or one for all; empty: the config file's "
+                  "(vla_recorder camera_transports, else vla_policy cameras.transports)"),
     ParameterSpec("output_dir", "~/vla_data/bags", "directory of the episode bags"),
     ParameterSpec("storage", "mcap", "bag storage: mcap or sqlite3"),
     ParameterSpec("instruction", "", "instruction stored in every episode"),
@@ -75,8 +79,8 @@ class RecorderNode(Node):
             replace(spec, read_only=spec.name != "instruction") for spec in PARAMETERS))
         # The camera list lives in the vla_policy section: the topic set is read from the
         # whole file so that recorder and converter share one DataSpec.
-        overrides = {"action_source": values["action_source"]} if values["action_source"] \
-            else {}
+        overrides = {name: values[name] for name in ("action_source", "camera_transports")
+                     if values[name]}
         self.spec = spec or DataSpec.from_file(values["config_file"] or None, **overrides)
         topics = self.spec.record_topics()
         self.recorder = EpisodeRecorder(

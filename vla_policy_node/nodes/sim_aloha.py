@@ -3,7 +3,10 @@
 Thin plumbing around :class:`vla_policy_node.sim.AlohaSim`:
 
 * publishes the cameras (``cameras.topics``, sensor_msgs/Image rgb8, at ``camera_rate_hz`` of
-  simulated time; a camera is rendered only while someone subscribes to it),
+  simulated time) and, as image_transport's compressed plugin does for a real camera, their
+  JPEG (``jpeg_quality``) sensor_msgs/CompressedImage on ``<topic>/compressed``; a camera is
+  rendered only while someone subscribes to one of its topics, and JPEG-encoded only while
+  someone subscribes to ``/compressed``,
   ``/<arm>/joint_states`` with the Interbotix driver's names and units (``joint_state_rate_hz``),
   ``/clock`` (``publish_clock``), the task's stage reward and success;
 * consumes the Interbotix commands the executor sends to a real ALOHA:
@@ -41,7 +44,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64
 from std_srvs.srv import Trigger
 
@@ -49,6 +52,7 @@ from vla_policy_node.config import RobotConfig
 from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import seconds_to_time
 from vla_policy_node.control.throttle import ThrottledLogger
+from vla_policy_node.data.images import encode_compressed
 from vla_policy_node.nodes.diagnostics import Check, CounterDeltas, DiagnosticsPublisher
 from vla_policy_node.nodes.diagnostics import NodeLog, RosLogHandler, summarize, WARN
 from vla_policy_node.nodes.parameters import (
@@ -70,6 +74,9 @@ SIM_PARAMETERS = (
     ParameterSpec("camera_height", 480, "Image height (pixels).", (8, 4096)),
     ParameterSpec("camera_width", 640, "Image width (pixels).", (8, 4096)),
     ParameterSpec("camera_rate_hz", 10.0, "Camera frames per simulated second.", (0.1, 1000.0)),
+    ParameterSpec("jpeg_quality", 90, "JPEG quality (1-100) of the CompressedImage on "
+                  "<camera topic>/compressed (encoded only while someone subscribes).",
+                  (1, 100)),
     ParameterSpec("physics_rate_hz", 50.0, "Control steps per simulated second.", (1.0, 1000.0)),
     ParameterSpec("joint_state_rate_hz", 50.0, "Joint states per simulated second.",
                   (0.1, 1000.0)),
@@ -128,11 +135,15 @@ class SimAlohaNode(Node):
         self._warnings = ThrottledLogger(NodeLog(self.get_logger()), 1.0)
         self.sim_time = 0.0
         self.counters = {"steps": 0, "group_commands": 0, "single_commands": 0,
-                         "rejected_commands": 0, "frames": 0, "resets": 0}
+                         "rejected_commands": 0, "frames": 0, "jpeg_frames": 0, "resets": 0}
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         images_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self._cameras = [(name, sim_name, self.create_publisher(Image, topic, images_qos))
+        self.jpeg_quality = int(params["jpeg_quality"])
+        # Per camera: its raw publisher and its image_transport "compressed" sibling.
+        self._cameras = [(name, sim_name, self.create_publisher(Image, topic, images_qos),
+                          self.create_publisher(CompressedImage, f"{topic}/compressed",
+                                                images_qos))
                          for name, sim_name, topic in zip(names, sim_names, topics)]
         suffix = self.robot.joint_states_topic_suffix
         self._joint_pubs = [self.create_publisher(JointState, f"/{arm}/{suffix}", reliable)
@@ -162,7 +173,8 @@ class SimAlohaNode(Node):
         self.get_logger().info(
             f"simulating ALOHA {self.sim.task} at {1 / self.dt:.0f} Hz, cameras "
             f"{[c[0] for c in self._cameras]} at {params['camera_height']}x"
-            f"{params['camera_width']} {params['camera_rate_hz']} Hz, real-time factor "
+            f"{params['camera_width']} {params['camera_rate_hz']} Hz (raw, and JPEG quality "
+            f"{self.jpeg_quality} on <topic>/compressed), real-time factor "
             f"{self.rtf or 'unbounded'}, /clock {'on' if self._clock_pub else 'off'}")
 
     # ------------------------------------------------------------------ commands
@@ -328,24 +340,42 @@ class SimAlohaNode(Node):
         self._success_pub.publish(Bool(data=bool(self.sim.success)))
 
     def _publish_cameras(self, stamp: Any) -> None:
-        # Render only what someone listens to: software rendering is the sim's main cost.
-        wanted = [(name, sim_name, pub) for name, sim_name, pub in self._cameras
-                  if pub.get_subscription_count() > 0]
+        # Render only what someone listens to (software rendering is the sim's main cost) and
+        # encode only for /compressed listeners (JPEG costs about as much as a small render).
+        wanted = []
+        for name, sim_name, raw_pub, jpeg_pub in self._cameras:
+            raw, jpeg = raw_pub.get_subscription_count() > 0, \
+                jpeg_pub.get_subscription_count() > 0
+            if raw or jpeg:
+                wanted.append((name, sim_name, raw_pub if raw else None,
+                               jpeg_pub if jpeg else None))
         if not wanted:
             return
-        images = self.sim.render([sim_name for _, sim_name, _ in wanted])
-        for name, sim_name, publisher in wanted:
+        images = self.sim.render([camera[1] for camera in wanted])
+        for name, sim_name, raw_pub, jpeg_pub in wanted:
             image = images[sim_name]
-            msg = Image()
-            msg.header.stamp = stamp
-            msg.header.frame_id = f"{name}_color_optical_frame"
-            msg.height, msg.width = image.shape[:2]
-            msg.encoding = "rgb8"
-            msg.is_bigendian = 0
-            msg.step = image.shape[1] * 3
-            msg.data = image.tobytes()
-            publisher.publish(msg)
             self.counters["frames"] += 1
+            frame_id = f"{name}_color_optical_frame"
+            if raw_pub is not None:
+                msg = Image()
+                msg.header.stamp = stamp
+                msg.header.frame_id = frame_id
+                msg.height, msg.width = image.shape[:2]
+                msg.encoding = "rgb8"
+                msg.is_bigendian = 0
+                msg.step = image.shape[1] * 3
+                msg.data = image.tobytes()
+                raw_pub.publish(msg)
+            if jpeg_pub is not None:
+                compressed = CompressedImage()
+                compressed.header.stamp = stamp
+                compressed.header.frame_id = frame_id
+                # What compressed_image_transport writes for an rgb8 camera: its subscribers
+                # (rqt, republish) then give rgb8 back; our decode_image reads any JPEG.
+                compressed.format = "rgb8; jpeg compressed bgr8"
+                compressed.data = encode_compressed(image, "jpeg", self.jpeg_quality)
+                jpeg_pub.publish(compressed)
+                self.counters["jpeg_frames"] += 1
 
     def destroy_node(self) -> None:
         self.stop()

@@ -7,7 +7,9 @@ domain and plays a scripted teleoperator: for each episode it plans the scripted
 the recorder with the task's instruction, publishes the joint commands on the Interbotix
 command topics one per simulated control step (driven by /clock), marks the episode successful
 when the simulator reports success, and stops (or discards) the recording. The bags are what a
-teleoperated session gives, ready for vla-convert.
+teleoperated session gives, ready for vla-convert. The recorder records the cameras' JPEG
+``<topic>/compressed`` (what sim_aloha publishes there, like image_transport for a real camera;
+about 25x smaller than raw frames) unless ``--raw-images``.
 
 --direct writes the same episodes without ROS (the simulator and the bag writer in this process):
 faster, but not the recording path a robot uses.
@@ -320,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "each seed, starts the recorder with the task's instruction, commands the "
                     "arms one step per /clock tick, marks successful episodes and saves them "
                     "(failed ones are discarded). One rosbag2 per episode, as vla-record writes "
-                    "them; node logs in OUT/logs.",
+                    "them, the cameras as JPEG CompressedImage on <topic>/compressed "
+                    "(--raw-images: raw Image); node logs in OUT/logs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Example: vla-sim-demos --out bags/ --task insertion --episodes 20 && "
                "vla-convert bags/episode_* --out dataset/")
@@ -343,24 +346,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--direct", action="store_true",
                         help="no ROS: simulate and write the bags in this process")
     parser.add_argument("--raw-images", action="store_true",
-                        help="--direct: record raw sensor_msgs/Image frames instead of JPEG "
-                             "CompressedImage (quality 90) on <camera topic>/compressed, "
-                             "about 10x smaller (through ROS the bags hold what sim_aloha "
-                             "publishes: raw frames)")
+                        help="record raw sensor_msgs/Image frames on the camera topics instead "
+                             "of the default JPEG CompressedImage on <camera topic>/compressed "
+                             "(about 25x smaller at 240x320; quality 90: through ROS "
+                             "sim_aloha's jpeg_quality, with --direct the episode writer's)")
     return parser
 
 
-def node_set(config: str, out: Path, storage: str, task: str,
-             seed: int) -> list[NodeDescription]:
+def node_set(config: str, out: Path, storage: str, task: str, seed: int,
+             raw_images: bool = False) -> list[NodeDescription]:
     """The simulator (as the bringup starts it) and the recorder, set up for scripted
-    recording."""
+    recording: the commands as actions, the cameras raw or (default) JPEG-compressed."""
     [sim] = [node for node in node_descriptions(config=config, sim="true", task=task)
              if node.name == "sim_aloha"]
     sim = dataclasses.replace(sim, overrides={**sim.overrides, "seed": int(seed)})
     recorder = NodeDescription(
         "vla-record", "vla_policy_node.nodes.recorder", "vla_recorder", config,
         {"use_sim_time": True, "config_file": config, "output_dir": str(out),
-         "storage": storage, "action_source": "commands", "keyboard": False})
+         "storage": storage, "action_source": "commands", "keyboard": False,
+         "camera_transports": "raw" if raw_images else "compressed"})
     return [sim, recorder]
 
 
@@ -402,7 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"vla-sim-demos: starting sim_aloha ({args.task}) and vla-record on private ROS "
               f"domain {domain}; bags in {out}, logs in {out}/logs", flush=True)
         processes = NodeProcesses(node_set(config, out, args.storage, args.task,
-                                           args.first_seed),
+                                           args.first_seed, args.raw_images),
                                   env=env, output=None, log_dir=str(out / "logs"))
         teleop = None
         planner = AlohaSim(robot, sim_config)
