@@ -45,6 +45,9 @@ class ImageDecodeError(ValueError):
     """An image message that cannot be turned into an RGB array (the message says why)."""
 
 
+#: The format image_transport's compressed plugin writes for an rgb8 camera (JPEG).
+JPEG_TRANSPORT_FORMAT = "rgb8; jpeg compressed bgr8"
+
 def _as_bytes_view(data: Any) -> np.ndarray:
     """(N,) uint8 view of a message's ``data`` without copying where the buffer allows it."""
     if isinstance(data, np.ndarray):

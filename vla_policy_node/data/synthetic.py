@@ -17,7 +17,7 @@ import numpy as np
 
 from vla_policy_node.data.bags import (
     BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
-from vla_policy_node.data.images import encode_compressed
+from vla_policy_node.data.images import encode_compressed, JPEG_TRANSPORT_FORMAT
 from vla_policy_node.data.spec import DataSpec
 
 
@@ -158,7 +158,7 @@ def write_episode_bag(path: str | os.PathLike, spec: DataSpec,
                     continue
                 rgb = render(poses[k], ep.image_size, c)
                 if ep.compressed:
-                    msg = Compressed(header=header(t0 + t), format="rgb8; jpeg compressed bgr8",
+                    msg = Compressed(header=header(t0 + t), format=JPEG_TRANSPORT_FORMAT,
                                      data=np.frombuffer(encode_compressed(rgb), np.uint8))
                 else:
                     h, w = ep.image_size

@@ -52,7 +52,7 @@ from vla_policy_node.config import RobotConfig
 from vla_policy_node.nodes import interbotix
 from vla_policy_node.nodes.conversions import seconds_to_time
 from vla_policy_node.control.throttle import ThrottledLogger
-from vla_policy_node.data.images import encode_compressed
+from vla_policy_node.data.images import encode_compressed, JPEG_TRANSPORT_FORMAT
 from vla_policy_node.nodes.diagnostics import Check, CounterDeltas, DiagnosticsPublisher
 from vla_policy_node.nodes.diagnostics import NodeLog, RosLogHandler, summarize, WARN
 from vla_policy_node.nodes.parameters import (
@@ -372,7 +372,7 @@ class SimAlohaNode(Node):
                 compressed.header.frame_id = frame_id
                 # What compressed_image_transport writes for an rgb8 camera: its subscribers
                 # (rqt, republish) then give rgb8 back; our decode_image reads any JPEG.
-                compressed.format = "rgb8; jpeg compressed bgr8"
+                compressed.format = JPEG_TRANSPORT_FORMAT
                 compressed.data = encode_compressed(image, "jpeg", self.jpeg_quality)
                 jpeg_pub.publish(compressed)
                 self.counters["jpeg_frames"] += 1

@@ -25,7 +25,7 @@ from vla_policy_node.config import default_config_path, load_node_params, RobotC
 from vla_policy_node.data.bags import (
     BagWriter, META_ACTION_SOURCE, META_EPISODE, META_INSTRUCTION, META_SUCCESS)
 from vla_policy_node.data.episodes import EPISODE_JPEG_QUALITY
-from vla_policy_node.data.images import encode_compressed
+from vla_policy_node.data.images import encode_compressed, JPEG_TRANSPORT_FORMAT
 from vla_policy_node.data.spec import DataSpec
 from vla_policy_node.sim.aloha_sim import AlohaSim, INSTRUCTIONS, SimConfig, SimError, TASKS
 from vla_policy_node.sim.scripted import (
@@ -102,7 +102,8 @@ def write_scripted_bag(path: str | os.PathLike, spec: DataSpec, sim: AlohaSim, t
                     continue
                 if transport == "compressed":  # as image_transport's compressed plugin
                     bag.write(topic + "/compressed", ns, Compressed(
-                        header=header(ns, f"{name}_color_optical_frame"), format="jpeg",
+                        header=header(ns, f"{name}_color_optical_frame"),
+                        format=JPEG_TRANSPORT_FORMAT,
                         data=np.frombuffer(encode_compressed(image, "jpeg", EPISODE_JPEG_QUALITY),
                                            np.uint8)))
                     continue
