@@ -16,8 +16,10 @@ setup(
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
+    # The shipped policies (weights, statistics, provenance) load from their folder.
+    package_data={package_name: ["pretrained/*/*"]},
     install_requires=["setuptools"],
-    zip_safe=True,
+    zip_safe=False,
     maintainer="VLA ROS maintainers",
     maintainer_email="vla-ros@example.org",
     description="OpenVLA-OFT policies on ROS 2 robots (ALOHA first).",

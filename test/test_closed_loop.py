@@ -1,4 +1,5 @@
-"""Closed loop over real DDS on sim time: simulated ALOHA + tiny policy + executor (vla-demo)."""
+"""Closed loop over real DDS on sim time: simulated ALOHA + the shipped policy + executor
+(vla-demo, what `make demo` runs)."""
 
 import json
 import sys
@@ -14,6 +15,8 @@ def test_demo_closes_the_loop_on_sim_time(spawn, tmp_path):
     summary = json.loads(summary_path.read_text())
     logs = {p.name: p.read_text()[-2000:] for p in (tmp_path / "demo" / "logs").glob("*.log")}
     context = (summary, logs)
+    assert summary["policy"] == "the shipped sim_transfer_cube policy", context  # the default
+    assert summary["seed"] == 1_000_000 and summary["task"] == "transfer_cube", context
     assert summary["sim_seconds"] >= 4.0, context
     assert summary["chunks_published"] >= 2, context  # chunks flow, on executor demand
     # Commands reach the sim at the control rate (50 Hz of sim time; slack for loaded CI).

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from vla_policy_node.pretrained import DEFAULT_POLICY, shipped_policy_dir
 from vla_policy_node.tools import eval as vla_eval
 
 EPISODE_FIELDS = {"seed", "success", "max_reward", "time_to_success", "sim_seconds",
@@ -39,7 +40,8 @@ def test_seeds_of_the_training_demonstrations_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["--episodes", "0"], ["--max-steps", "0"],
-                                  ["--seed-start", "-1"], ["--oracle", "--preset", "tiny"]])
+                                  ["--seed-start", "-1"], ["--oracle", "--preset", "tiny"],
+                                  ["--direct", "--oracle"]])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as exit_info:
         vla_eval.main(argv)
@@ -56,14 +58,16 @@ def _run(spawn, tmp_path: Path, *argv: str, timeout: float = 400) -> tuple[int, 
     return code, report, f"{tool.output()[-4000:]}\n{logs}"
 
 
-def test_random_policy_two_short_episodes(spawn, tmp_path):
-    """Two 0.6 s episodes of the tiny random policy: fields, seeds, media, exit status 0 on a
-    zero score."""
+def test_default_policy_two_short_episodes(spawn, tmp_path):
+    """Two 0.6 s episodes of the default (shipped) policy, too short to succeed: fields, seeds,
+    media, exit status 0 on a zero score."""
     code, report, context = _run(spawn, tmp_path, "--episodes", "2", "--seed-start", "2000000",
                                  "--max-steps", "30", "--videos", "1")
     assert code == 0, context
     assert report["seeds"] == [2_000_000, 2_000_001], context
-    assert report["episodes"] == 2 and report["policy"] == "preset", context
+    assert report["episodes"] == 2 and report["policy"] == "checkpoint", context
+    assert report["shipped_policy"] == DEFAULT_POLICY, context
+    assert report["checkpoint"] == str(shipped_policy_dir()) and report["preset"] is None
     assert report["success_rate"] == 0.0 and report["success_rate_ci95"][0] == 0.0
     assert "held-out" in report["seed_note"]
     for episode in report["results"]:
@@ -74,6 +78,22 @@ def test_random_policy_two_short_episodes(spawn, tmp_path):
     names = sorted(Path(p).name for p in report["media"])
     assert names == ["episode_2000000.gif", "episode_2000000_run.png"], context
     assert all(Path(p).stat().st_size > 1000 for p in report["media"])
+
+
+def test_direct_mode_runs_in_process_with_the_same_report(tmp_path, capsys):
+    """--direct (no ROS): same seeds and episode fields; the executor's counters are absent."""
+    out = tmp_path / "direct"
+    code = vla_eval.main(["--direct", "--preset", "sim-s", "--episodes", "2", "--max-steps", "30",
+                          "--seed-start", "2000000", "--quiet", "--output-dir", str(out)])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["mode"] == "direct" and report["policy"] == "preset"
+    assert report["seeds"] == [2_000_000, 2_000_001] and report["media"] == []
+    for episode in report["results"]:
+        assert set(episode) == EPISODE_FIELDS
+        assert episode["sim_seconds"] == pytest.approx(0.6) and episode["chunks"] >= 2
+        assert episode["clamped_commands"] is None and episode["success"] is False
+    assert "no ROS" in capsys.readouterr().out
 
 
 def test_oracle_succeeds_through_the_same_command(spawn, tmp_path):

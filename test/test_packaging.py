@@ -97,6 +97,17 @@ def test_launch_config_and_package_files_are_installed(install_space):
         assert installed.read_bytes() == (REPO / relative).read_bytes()
 
 
+def test_the_shipped_policy_is_installed_with_the_package(install_space):
+    """vla-demo and vla-eval default to it: an install without its weights fails them."""
+    from vla_policy_node.pretrained import DEFAULT_POLICY, REQUIRED_FILES
+    source = REPO / "vla_policy_node" / "pretrained" / DEFAULT_POLICY
+    found = list(install_space.glob(f"vla_policy_node/lib/python*/site-packages/"
+                                    f"vla_policy_node/pretrained/{DEFAULT_POLICY}"))
+    assert len(found) == 1, found
+    for name in REQUIRED_FILES:
+        assert (found[0] / name).read_bytes() == (source / name).read_bytes(), name
+
+
 def test_every_console_script_is_where_launch_ros_looks(install_space):
     lib = install_space / "vla_policy_node" / "lib" / "vla_policy_node"
     scripts = console_scripts()

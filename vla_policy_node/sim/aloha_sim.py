@@ -265,6 +265,8 @@ class AlohaSim:
                 raise SimError(f"geom {name!r} not in the {self.task} model")
             return gid
 
+        self._finger_geoms = [(geom(f"{arm}/10_left_gripper_finger"),
+                               geom(f"{arm}/10_right_gripper_finger")) for arm in SIM_ARMS]
         self._geom = {name: geom(name) for name in (
             "table", "vx300s_left/10_left_gripper_finger", "vx300s_right/10_right_gripper_finger")}
         if self.task == "transfer_cube":
@@ -480,6 +482,12 @@ class AlohaSim:
         """(2, 7) current ``[x, y, z, qw, qx, qy, qz]`` of both gripper links (left, right)."""
         return np.stack([np.concatenate([self.data.xpos[b], self.data.xquat[b]])
                          for b in self._gripper_bodies])
+
+    def fingertip_points(self) -> np.ndarray:
+        """(2, 3) midpoint between the two fingers of the left and right gripper (m): where a
+        grasped object sits."""
+        return np.stack([(self.data.geom_xpos[a] + self.data.geom_xpos[b]) / 2
+                         for a, b in self._finger_geoms])
 
     # ------------------------------------------------------------------ reward
     def _compute_reward(self) -> int:

@@ -1,19 +1,24 @@
 """vla-demo: the whole suite on a simulated ALOHA, no robot needed (what `make demo` runs).
 
-Starts the simulated ALOHA, the vla_policy node (tiny preset with random weights, or
---checkpoint) and the chunk_executor through the same bringup as `vla-bringup --sim true`, on a
-private ROS domain with localhost-only discovery (so it can never reach a real robot), sends an
-instruction, runs for --duration seconds of simulated time, then prints a summary, writes it as
-JSON and saves a plot of commanded vs measured joint positions.
+Starts the simulated ALOHA, the vla_policy node (the package's trained transfer_cube policy,
+--checkpoint DIR, or --preset NAME with random weights) and the chunk_executor through the same
+bringup as `vla-bringup --sim true`, on a private ROS domain with localhost-only discovery (so it
+can never reach a real robot), sends an instruction, runs for --duration seconds of simulated
+time, then prints a summary (with the task's success and highest reward stage), writes it as JSON
+and saves a plot of commanded vs measured joint positions.
 
-With random weights the arms move but do not solve the task: the demo shows the system
-working (chunks flowing, commands at the control rate, limits held), not a trained policy.
+The default policy is the one shipped in vla_policy_node/pretrained/sim_transfer_cube (its
+README.md gives its held-out success rate), on a held-out object placement (--seed, default
+1000000: training demonstrations use seeds below 100000). With --preset the arms move but do not
+solve the task: that shows the system working (chunks flowing, commands at the control rate,
+limits held), not a trained policy.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -26,8 +31,11 @@ import numpy as np
 
 from vla_policy_node.config import default_config_path, load_node_params, RobotConfig
 from vla_policy_node.launch_spec import node_descriptions
+from vla_policy_node.pretrained import MissingPolicyError
+from vla_policy_node.sim.scripted import EVAL_SEED_START
 from vla_policy_node.tools.bringup import NodeProcesses
-from vla_policy_node.tools.session import private_ros_graph, stop_on_signals
+from vla_policy_node.tools.session import (
+    add_policy_arguments, private_ros_graph, resolve_policy, stop_on_signals)
 
 INSTRUCTIONS = {"transfer_cube": "transfer the red cube to the other arm",
                 "insertion": "insert the peg into the socket"}
@@ -42,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=sorted(INSTRUCTIONS), default="transfer_cube")
     parser.add_argument("--instruction", default=None,
                         help="instruction to send (default: the task's)")
-    parser.add_argument("--checkpoint", default="", help="policy checkpoint directory")
-    parser.add_argument("--preset", default="tiny", help="model preset without a checkpoint")
+    add_policy_arguments(parser)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED_START,
+                        help="object placement seed (default %(default)s, held out from "
+                             "training demonstrations)")
     parser.add_argument("--config", default="", help="parameter file (default aloha.yaml)")
     parser.add_argument("--output-dir", default="demo_output",
                         help="where logs, plot and data go (default ./demo_output)")
@@ -233,18 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json) if args.json else out / "summary.json"
     plot_path = Path(args.plot) if args.plot else out / "joints.png"
     instruction = args.instruction or INSTRUCTIONS[args.task]
+    if args.seed < 0:
+        print(f"vla-demo: --seed must be >= 0, got {args.seed}", file=sys.stderr)
+        return 2
     try:
+        policy_name = resolve_policy(args)
         nodes = node_descriptions(config=config, sim="true", checkpoint=args.checkpoint,
-                                  preset=args.preset, task=args.task)
-    except ValueError as exc:
+                                  preset=args.preset or "tiny", task=args.task)
+    except (ValueError, MissingPolicyError) as exc:
         print(f"vla-demo: {exc}", file=sys.stderr)
         return 2
+    nodes = [dataclasses.replace(n, overrides={**n.overrides, "seed": args.seed})
+             if n.name == "sim_aloha" else n for n in nodes]
 
     interrupted = False
     with stop_on_signals() as stop, private_ros_graph() as (domain, env, context):
-        print(f"vla-demo: starting sim_aloha ({args.task}), vla_policy "
-              f"({args.checkpoint or 'preset ' + args.preset}) and chunk_executor on private "
-              f"ROS domain {domain}; logs in {out}/", flush=True)
+        print(f"vla-demo: starting sim_aloha ({args.task}, seed {args.seed}), vla_policy "
+              f"({policy_name}) and chunk_executor on private ROS domain {domain}; logs in "
+              f"{out}/", flush=True)
         processes = NodeProcesses(nodes, env=env, output=None, log_dir=str(out / "logs"))
         monitor = None
         wall_start = time.monotonic()
@@ -292,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.monotonic() - wall_start
             processes.stop()
             if monitor is not None:
-                summary = summarize(monitor, start_sim, end_sim, wall,
-                                    float(sim_params.get("physics_rate_hz", 50.0)), robot,
-                                    interrupted or stop.is_set())
+                summary = {"policy": policy_name, "checkpoint": args.checkpoint or None,
+                           "preset": args.preset or None, "task": args.task, "seed": args.seed,
+                           **summarize(monitor, start_sim, end_sim, wall,
+                                       float(sim_params.get("physics_rate_hz", 50.0)), robot,
+                                       interrupted or stop.is_set())}
                 save_plot(monitor, robot, plot_path)
                 json_path.parent.mkdir(parents=True, exist_ok=True)
                 json_path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -309,6 +327,7 @@ def print_summary(summary: dict[str, Any], json_path: Path, plot_path: Path) -> 
             return "n/a"
         return f"{value * scale:.1f}{unit}" if isinstance(value, float) else f"{value}{unit}"
     lines = [
+        ("policy", f"{summary['policy']} on {summary['task']}, seed {summary['seed']}"),
         ("simulated / wall time", f"{summary['sim_seconds']:.1f} s / "
                                   f"{summary['wall_seconds']:.1f} s"),
         ("chunks published", fmt(summary["chunks_published"])),

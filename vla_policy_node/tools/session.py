@@ -1,7 +1,9 @@
-"""What the tools that start their own ROS graph share: a private domain and signal handling."""
+"""What the tools that start their own ROS graph share: a private domain, signal handling, and
+the choice of policy (the shipped one unless --checkpoint or --preset)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -46,3 +48,39 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> Any:
+    """--checkpoint DIR / --preset NAME, mutually exclusive; neither: the shipped policy.
+
+    Returns the group (a tool adds its other policy choices to it).
+    """
+    from vla_policy_node.pretrained import DEFAULT_POLICY
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--checkpoint", default="", metavar="DIR",
+                       help="policy checkpoint directory (ours or official OpenVLA-OFT; "
+                            f"default: the shipped {DEFAULT_POLICY} policy)")
+    group.add_argument("--preset", default="", metavar="NAME",
+                       help="model preset with random weights instead (e.g. tiny, sim-s)")
+    return group
+
+
+def resolve_policy(args: argparse.Namespace) -> str:
+    """Point ``args.checkpoint`` at the shipped policy when neither --checkpoint nor --preset
+    (nor another choice of the group) was given; sets ``args.shipped_policy`` (its name or None).
+
+    Returns:
+        How the tool names the policy in its output.
+
+    Raises:
+        MissingPolicyError: the shipped policy's files are missing.
+    """
+    from vla_policy_node.pretrained import DEFAULT_POLICY, shipped_policy_dir
+    args.shipped_policy = None
+    if getattr(args, "oracle", False):
+        return "oracle (scripted teleoperator)"
+    if not (args.checkpoint or args.preset):
+        args.checkpoint = str(shipped_policy_dir())
+        args.shipped_policy = DEFAULT_POLICY
+        return f"the shipped {DEFAULT_POLICY} policy"
+    return args.checkpoint or f"preset {args.preset} (random weights)"
