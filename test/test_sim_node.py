@@ -209,8 +209,16 @@ def test_sim_publishes_jpeg_on_compressed_only_while_listened_to(spawn, rclpy_co
     def stamp(msg) -> tuple[int, int]:
         return (msg.header.stamp.sec, msg.header.stamp.nanosec)
 
+    # The /compressed subscriber on a node and executor of its own: with both subscriptions
+    # on one executor, each received only every other frame here (raw the even ones, JPEG
+    # the odd ones), so no stamp ever matched.
+    jpeg_node = rclpy.create_node("sim_probe_jpeg_compressed", context=rclpy_context)
+    jpeg_executor = rclpy.executors.SingleThreadedExecutor(context=rclpy_context)
+    jpeg_executor.add_node(jpeg_node)
+
     def spin() -> None:
         executor.spin_once(timeout_sec=0.02)
+        jpeg_executor.spin_once(timeout_sec=0.02)
         diagnostics.spin()
 
     def counters() -> dict[str, int] | None:
@@ -228,11 +236,11 @@ def test_sim_publishes_jpeg_on_compressed_only_while_listened_to(spawn, rclpy_co
                           timeout=30.0, step=spin), sim.output()[-2000:]
         assert counters()["jpeg_frames"] == 0, counters()
         # A /compressed subscriber: JPEG frames of the raw frames, stamp for stamp.
-        jpeg_sub = node.create_subscription(
+        jpeg_sub = jpeg_node.create_subscription(
             CompressedImage, topic + "/compressed",
             lambda m: jpeg.__setitem__(stamp(m), m), qos_profile_sensor_data)
         assert wait_until(lambda: len(set(raw) & set(jpeg)) >= 3, timeout=30.0, step=spin), \
-            sim.output()[-2000:]
+            (len(raw), len(jpeg), sorted(raw)[-3:], sorted(jpeg)[-3:], sim.output()[-2000:])
         for key in sorted(set(raw) & set(jpeg))[-3:]:
             frame, compressed = raw[key], jpeg[key]
             assert compressed.format == "rgb8; jpeg compressed bgr8"
@@ -246,9 +254,11 @@ def test_sim_publishes_jpeg_on_compressed_only_while_listened_to(spawn, rclpy_co
             assert decoded.shape == (48, 64, 3) and decoded.dtype == np.uint8
             error = np.abs(decoded.astype(np.int16) - pixels.astype(np.int16))
             assert error.mean() < 3.0, error.mean()
-        assert counters()["jpeg_frames"] > 0
+        # /diagnostics comes once a second: wait for a report that counts the JPEG frames.
+        assert wait_until(lambda: counters()["jpeg_frames"] > 0, timeout=10.0, step=spin), \
+            counters()
         # The last /compressed subscriber leaves: encoding stops, rendering goes on.
-        node.destroy_subscription(jpeg_sub)
+        jpeg_node.destroy_subscription(jpeg_sub)
         history: list[dict[str, int]] = []
 
         def encoding_stopped() -> bool:
@@ -261,5 +271,7 @@ def test_sim_publishes_jpeg_on_compressed_only_while_listened_to(spawn, rclpy_co
         assert wait_until(encoding_stopped, timeout=20.0, step=spin), history
     finally:
         diagnostics.close()
+        jpeg_executor.shutdown()
+        jpeg_node.destroy_node()
         executor.shutdown()
         node.destroy_node()
